@@ -1,0 +1,131 @@
+"""The one seam: (support image, support label, query volume) -> label volume on the query's grid.
+
+``inference.yaml``, the evaluator's multi-organ path and the MONAI Label task all call
+``segment_volume`` (slice space) or ``segment_files`` (files in, original grid out); none has its own
+copy of pre- or post-processing. Several organs: one 1-way pass per label value, merged by
+per-pixel argmax of the scores among labels above threshold, original label values kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class SupportError(ValueError):
+    """The support cannot serve: no labelled slice, unknown label, wrong shape."""
+
+
+@dataclass
+class Segmentation:
+    label: np.ndarray  # (D, H, W) int32, the support's label values
+    labels: dict[str, int]
+    shots_per_label: dict[str, int] = field(default_factory=dict)
+    support_slices: dict[str, list[int]] = field(default_factory=dict)
+
+
+def labelled_slices(label: np.ndarray, value: int) -> np.ndarray:
+    return np.flatnonzero((label == value).reshape(label.shape[0], -1).any(axis=1))
+
+
+def nearest_support_episodes(support_z: np.ndarray, support_depth: int, query_depth: int, shots: int,
+                             same_volume: bool) -> tuple[np.ndarray, np.ndarray]:
+    """For each query slice, the ``shots`` labelled support slices nearest by relative position along
+    the slice axis (by index in the same volume). Returns (episodes (E, K) slice indices, query_episode (Q,))."""
+    shots = min(shots, len(support_z))
+    if same_volume:
+        position_q = np.arange(query_depth, dtype=float)
+        position_s = support_z.astype(float)
+    else:
+        position_q = np.arange(query_depth) / max(query_depth - 1, 1)
+        position_s = support_z / max(support_depth - 1, 1)
+    distance = np.abs(position_q[:, None] - position_s[None, :])
+    nearest = np.sort(np.argsort(distance, axis=1, kind="stable")[:, :shots], axis=1)
+    episodes, query_episode = np.unique(nearest, axis=0, return_inverse=True)
+    return support_z[episodes], query_episode.reshape(-1)
+
+
+def segment_volume(method, support_image: np.ndarray, support_label: np.ndarray, query_image: np.ndarray,
+                   labels: dict[str, int] | None = None, max_shots: int = 3, same_volume: bool = False,
+                   support_slices=None) -> Segmentation:
+    """Segment every slice of ``query_image`` (D, H, W) in slice space for every organ of ``labels``
+    (default: every value present in the support label, named by its value)."""
+    support_image = np.asarray(support_image, dtype=np.float32)
+    support_label = np.asarray(support_label)
+    query_image = np.asarray(query_image, dtype=np.float32)
+    if support_image.shape != support_label.shape:
+        raise SupportError(f"support label shape {support_label.shape} does not match its image {support_image.shape}")
+    if support_image.ndim != 3 or query_image.ndim != 3 or support_image.shape[1:] != query_image.shape[1:]:
+        raise SupportError(f"support {support_image.shape} and query {query_image.shape} must be (D, H, W) with equal H, W")
+    if same_volume and support_image.shape != query_image.shape:
+        raise SupportError("a label of the query volume itself must have the query's shape")
+    if support_slices is not None:
+        keep = np.zeros(support_label.shape[0], dtype=bool)
+        keep[np.asarray(list(support_slices), dtype=int)] = True
+        support_label = np.where(keep[:, None, None], support_label, 0)
+    present = [int(v) for v in np.unique(support_label) if v != 0]
+    if not present:
+        raise SupportError("the support label has no labelled slice: label the organ on at least one slice")
+    if labels is None:
+        labels = {str(v): v for v in present}
+    absent = {name: v for name, v in labels.items() if v not in present}
+    if absent:
+        raise SupportError(f"labels {absent} are not in the support label (present values: {present})")
+
+    query_latents = None
+    if hasattr(method, "encode_images_cached"):
+        query_latents = method.encode_images_cached(query_image)  # encoded once for every organ
+    names, scores, masks = list(labels), [], []
+    result = Segmentation(label=np.zeros(query_image.shape, np.int32), labels=dict(labels))
+    for name in names:
+        value = labels[name]
+        support_z = labelled_slices(support_label, value)
+        episodes, query_episode = nearest_support_episodes(
+            support_z, support_label.shape[0], query_image.shape[0], max_shots, same_volume
+        )
+        kwargs = {"query_latents": query_latents} if query_latents is not None else {}
+        organ_scores = method.predict_scores(
+            support_image[episodes], (support_label[episodes] == value).astype(np.float32),
+            query_image, query_episode, **kwargs,
+        )
+        scores.append(organ_scores)
+        masks.append(method.binarize(organ_scores))
+        result.shots_per_label[name] = int(episodes.shape[1])
+        result.support_slices[name] = [int(z) for z in support_z]
+    merged = merge_organs(np.stack(scores), np.stack(masks), [labels[n] for n in names])
+    if same_volume:  # the user's own labelled slices stay exactly as drawn
+        drawn = np.isin(np.arange(support_label.shape[0]), np.flatnonzero(support_label.reshape(support_label.shape[0], -1).any(1)))
+        merged[drawn] = support_label[drawn]
+    result.label = merged
+    return result
+
+
+def merge_organs(scores: np.ndarray, masks: np.ndarray, values: list[int]) -> np.ndarray:
+    """(L, D, H, W) scores and binary masks -> one label volume: the highest-scoring organ among
+    those whose mask is on at a voxel, background where none is."""
+    ranked = np.where(masks, scores, -np.inf)
+    winner = ranked.argmax(axis=0)
+    out = np.asarray(values, dtype=np.int32)[winner]
+    out[~masks.any(axis=0)] = 0
+    return out
+
+
+def segment_files(method, support_image_path, support_label_path, query_image_path, labels=None,
+                  max_shots: int = 3, support_slices=None, slice_axis: int = 2):
+    """Files in (anything MONAI's LoadImage reads), label volume out on the query's original grid.
+
+    Returns (label array in the query file's original shape, the query ``Volume`` (its ``meta`` has
+    the affine), ``Segmentation`` in slice space). The support may be the query itself (same path):
+    the in-volume case, where the user's drawn slices are kept as drawn."""
+    from scripts.data.volumes import load_volume, to_original_grid
+
+    same_volume = str(support_image_path) == str(query_image_path)
+    support = load_volume(support_image_path, support_label_path, slice_axis=slice_axis)
+    query = support if same_volume else load_volume(query_image_path, slice_axis=slice_axis)
+    result = segment_volume(method, support.image, support.label, query.image, labels, max_shots,
+                            same_volume, support_slices)
+    return to_original_grid(result.label, query), query, result

@@ -1,0 +1,176 @@
+"""Named network configurations and the one function that builds a segmenter from configuration.
+
+- ``sd15``: the paper's model: Stable Diffusion 1.5's U-Net (``from_pretrained``), its VAE for
+  images and masks, DINOv2 for VTCT. Needs the weights (local folder or a hub id already cached).
+- ``compact``: a small U-Net (widths 32/64/128, one layer per block, K/V-bank attention at 16x16,
+  8x8 and the mid block, head size 32) that trains on 2 CPU cores; any autoencoder, offline.
+- ``tiny``: the smallest sensible U-Net, for tests.
+
+The autoencoder, mask latent and visual encoder are separate keys (DESIGN.md): ``autoencoder``
+(``unshuffle``/``taef2``/``taesd``/``sd-vae``), ``mask_codec`` (``unshuffle`` or ``autoencoder``),
+``visual_encoder`` (``latent``/``small``/``dinov2``).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from .autoencoders import PixelUnshuffleAutoencoder, WeightsError, _from_pretrained, build_autoencoder
+from .pipeline import FewShotSegmenter
+from .sdfsmis import SDFSMISNet
+from .vtct import build_visual_encoder
+
+UNET_SHAPES = {
+    "compact": dict(
+        block_out_channels=(32, 64, 128),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=(1, 2, 4),  # diffusers' name for the number of heads: head size 32
+        cross_attention_dim=128,
+        norm_num_groups=8,
+    ),
+    "tiny": dict(
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=(1, 2),
+        cross_attention_dim=32,
+        norm_num_groups=8,
+    ),
+}
+
+PRESETS = {
+    "sd15": dict(autoencoder="sd-vae", mask_codec="autoencoder", visual_encoder="dinov2"),
+    "compact": dict(autoencoder="unshuffle", mask_codec="unshuffle", visual_encoder="latent"),
+    "tiny": dict(autoencoder="unshuffle", mask_codec="unshuffle", visual_encoder="latent"),
+}
+
+MODEL_KEYS = (
+    "preset", "autoencoder", "autoencoder_path", "mask_codec", "visual_encoder", "visual_encoder_path",
+    "unet_path", "use_qe", "use_vtct", "use_support_kv", "threshold", "threshold_mode", "keep_largest",
+    "dice_weight", "local_files_only",
+)
+
+
+def model_config(preset: str = "compact", **overrides) -> dict:
+    """The full configuration of a preset with the given keys overridden (``None`` keeps the preset)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset '{preset}'; choose one of {sorted(PRESETS)}")
+    unknown = set(overrides) - set(MODEL_KEYS)
+    if unknown:
+        raise ValueError(f"unknown model keys {sorted(unknown)}; known: {MODEL_KEYS}")
+    config = dict(
+        preset=preset, autoencoder_path=None, visual_encoder_path=None, unet_path=None, use_qe=True,
+        use_vtct=True, use_support_kv=True, threshold=0.0, threshold_mode="absolute", keep_largest=True,
+        dice_weight=0.5, local_files_only=True, **PRESETS[preset],
+    )
+    config.update({key: value for key, value in overrides.items() if value is not None})
+    return config
+
+
+def build_unet(config: dict, latent_channels: int, mask_channels: int, unet_config: dict | None = None):
+    """The diffusers U-Net: pretrained (``sd15``), or a fresh one of the preset's shape, or one
+    rebuilt from a checkpoint's stored config (weights then come from the checkpoint)."""
+    from diffusers import UNet2DConditionModel
+
+    if unet_config is not None:
+        return UNet2DConditionModel.from_config(unet_config), False
+    if config["preset"] == "sd15":
+        if not config.get("unet_path"):
+            raise WeightsError("preset 'sd15' needs unet_path: a Stable Diffusion 1.5 model folder or id")
+        unet = _from_pretrained(UNet2DConditionModel, config["unet_path"], "unet", config["local_files_only"])
+        if unet.config.out_channels != mask_channels:
+            raise WeightsError(
+                f"the pretrained U-Net outputs {unet.config.out_channels} channels, the mask latent has {mask_channels}"
+            )
+        return unet, True
+    shape = UNET_SHAPES[config["preset"]]
+    return UNet2DConditionModel(
+        sample_size=32, in_channels=latent_channels, out_channels=mask_channels, **shape
+    ), False
+
+
+def build_segmenter(checkpoint: str | Path | None = None, device: str | torch.device = "cpu", **keys) -> FewShotSegmenter:
+    """Build from configuration keys, or from a checkpoint (its stored config, overridable)."""
+    state, unet_config = None, None
+    if checkpoint is not None:
+        stored = load_checkpoint_file(checkpoint)
+        state, unet_config = stored["state_dict"], stored["unet_config"]
+        keys = {**stored["config"], **{k: v for k, v in keys.items() if v is not None}}
+    config = model_config(**keys)
+    autoencoder = build_autoencoder(config["autoencoder"], config["autoencoder_path"], config["local_files_only"])
+    mask_codec = autoencoder if config["mask_codec"] == "autoencoder" else PixelUnshuffleAutoencoder()
+    if config["mask_codec"] not in ("autoencoder", "unshuffle"):
+        raise ValueError(f"mask_codec must be 'autoencoder' or 'unshuffle', got {config['mask_codec']!r}")
+    unet, pretrained = build_unet(config, autoencoder.latent_channels, mask_codec.latent_channels, unet_config)
+    visual = build_visual_encoder(
+        config["visual_encoder"], autoencoder.latent_channels, config["visual_encoder_path"], config["local_files_only"]
+    )
+    net = SDFSMISNet(
+        unet, autoencoder.latent_channels, mask_codec.latent_channels, visual,
+        use_qe=config["use_qe"], use_vtct=config["use_vtct"], use_support_kv=config["use_support_kv"],
+        pretrained_conv_in=pretrained,
+    )
+    segmenter = FewShotSegmenter(
+        net, autoencoder, mask_codec, threshold=config["threshold"], threshold_mode=config["threshold_mode"],
+        keep_largest=config["keep_largest"], dice_weight=config["dice_weight"],
+    )
+    segmenter.config = config
+    segmenter.unet_config = dict(unet.config)
+    if state is not None:
+        load_trainable_state(segmenter, state, source=str(checkpoint))
+    return segmenter.to(device)
+
+
+def trainable_state(segmenter: FewShotSegmenter) -> dict:
+    """The network's weights without the frozen parts that come from their own files."""
+    return {k: v for k, v in segmenter.net.state_dict().items() if not _is_frozen_key(segmenter, k)}
+
+
+def _is_frozen_key(segmenter: FewShotSegmenter, key: str) -> bool:
+    return key.startswith("visual_encoder.") and not any(p.requires_grad for p in segmenter.net.visual_encoder.parameters())
+
+
+def load_trainable_state(segmenter: FewShotSegmenter, state: dict, source: str = "checkpoint") -> None:
+    expected = trainable_state(segmenter)
+    missing = sorted(set(expected) - set(state))
+    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or mismatched:
+        detail = f"missing {missing[:5]}" if missing else f"shape mismatch in {mismatched[:5]}"
+        raise WeightsError(f"{source} does not fit preset '{segmenter.config['preset']}' "
+                           f"(autoencoder '{segmenter.config['autoencoder']}'): {detail}")
+    segmenter.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+
+
+def checkpoint_payload(segmenter: FewShotSegmenter, half: bool = False) -> dict:
+    state = trainable_state(segmenter)
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    return {"config": copy.deepcopy(segmenter.config), "unet_config": segmenter.unet_config, "state_dict": state}
+
+
+def save_checkpoint_file(segmenter: FewShotSegmenter, path: str | Path, half: bool = False) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(checkpoint_payload(segmenter, half), tmp)
+    tmp.replace(path)  # never a half-written checkpoint
+
+
+def load_checkpoint_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint not found: {path}")
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise WeightsError(f"cannot read checkpoint {path}: {error}") from None
+    for key in ("config", "unet_config", "state_dict"):
+        if not isinstance(stored, dict) or key not in stored:
+            raise WeightsError(f"{path} is not an SD-FSMIS checkpoint (no '{key}')")
+    return stored
