@@ -60,6 +60,15 @@ class FewShotSegmenter(nn.Module):
         self._latent_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._latent_cache_size = latent_cache_size
 
+    def with_net(self, net: SDFSMISNet) -> "FewShotSegmenter":
+        """The same pipeline around other weights (e.g. the EMA of the trained ones)."""
+        other = FewShotSegmenter(
+            net, self.autoencoder, self.mask_codec, self.threshold, self.threshold_mode, self.keep_largest,
+            self.dice_weight, self.dice_sharpness, self.query_chunk, self._latent_cache_size,
+        )
+        other.config, other.unet_config = getattr(self, "config", {}), getattr(self, "unet_config", {})
+        return other
+
     # ---- latents -------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:

@@ -1,0 +1,330 @@
+"""Loading volumes into slice space, and mapping slice-space results back to the scanner grid.
+
+Every method of this project works on 2D slices of 256x256 (the field's convention). A `Volume`
+holds one scan in *slice space*: arrays `(D, 256, 256)` with the slice axis first, the image min-max
+scaled to [-1, 1], labels with their raw values. Rows and columns follow the array order SimpleITK
+(and hence SSL-ALPNet and its `classmap_*.json`) uses: for files whose slice axis is 2, a slice is
+`file[:, :, z].T` (rows = file axis 1, columns = file axis 0).
+
+Loading uses MONAI's dictionary transforms (LoadImaged, EnsureChannelFirstd, ScaleIntensityd,
+Resized, optionally Orientationd). The resampling steps are recorded as the image's applied
+operations, kept in `Volume.meta`, so `to_original_grid` can undo them with MONAI's inverse
+machinery and a prediction overlays the input file voxel for voxel. Label-like arrays are resized
+with "nearest-exact", which makes an upsample-then-invert round trip exact.
+
+Bad inputs raise `DataError`, whose message starts with the offending file.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    LoadImaged,
+    Orientationd,
+    Resized,
+    ScaleIntensityd,
+)
+from monai.transforms.utils import convert_applied_interp_mode
+from monai.utils import TraceKeys
+
+from .presets import DatasetPreset, get_preset
+
+__all__ = ["DataError", "Volume", "load_volume", "volume_from_arrays", "load_dataset", "list_pids",
+           "to_original_grid", "dataset_folder"]
+
+AFFINE_TOLERANCE = 1e-3
+_KEYS = ("image", "label", "supervoxels")
+_LABEL_KEYS = ("label", "supervoxels")
+_LABEL_MODE = "nearest-exact"  # exact inverse of an integer-factor-free upsampling, unlike "nearest"
+
+
+class DataError(ValueError):
+    """A data file is missing, unreadable or inconsistent; the message names the file."""
+
+
+@dataclass
+class Volume:
+    """One scan in slice space. `spacing` is (slice, row, col) in mm after the in-plane resize."""
+
+    pid: str
+    image: np.ndarray
+    label: np.ndarray | None
+    spacing: tuple[float, float, float]
+    supervoxels: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def depth(self) -> int:
+        return int(self.image.shape[0])
+
+    def slices_with(self, value: int, min_pixels: int = 1) -> np.ndarray:
+        """Indices of slices holding at least `min_pixels` pixels of label `value`."""
+        if self.label is None:
+            raise DataError(f"volume {self.pid}: no label loaded")
+        counts = (self.label == value).sum(axis=(1, 2))
+        return np.flatnonzero(counts >= max(1, min_pixels))
+
+
+def _slice_permutation(slice_axis: int) -> tuple[int, int, int]:
+    """File-axis order of slice space: slice axis, then the in-plane axes in reversed (SimpleITK) order."""
+    a, b = (ax for ax in range(3) if ax != slice_axis)
+    return slice_axis, b, a
+
+
+@functools.lru_cache(maxsize=None)
+def _reader() -> Compose:
+    return Compose([
+        LoadImaged(keys=_KEYS, image_only=True, allow_missing_keys=True),
+        EnsureChannelFirstd(keys=_KEYS, allow_missing_keys=True),
+    ])
+
+
+@functools.lru_cache(maxsize=None)
+def _scaler() -> ScaleIntensityd:
+    return ScaleIntensityd(keys="image", minv=-1.0, maxv=1.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _geometry(slice_axis: int, size: int, axcodes: str | None) -> Compose:
+    """The invertible part: optional reorientation, then in-plane resize keeping the depth."""
+    spatial = [size, size, size]
+    spatial[slice_axis] = -1  # -1: keep this axis as it is
+    steps: list = []
+    if axcodes:
+        steps.append(Orientationd(keys=_KEYS, axcodes=axcodes, labels=None, allow_missing_keys=True))
+    steps += [
+        Resized(keys="image", spatial_size=tuple(spatial), mode="area", allow_missing_keys=True),
+        Resized(keys=_LABEL_KEYS, spatial_size=tuple(spatial), mode=_LABEL_MODE, allow_missing_keys=True),
+    ]
+    return Compose(steps)
+
+
+def _read(path: Path, key: str) -> MetaTensor:
+    """Read one file as a channel-first MetaTensor (1, X, Y, Z), naming the file on any failure."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        data = _reader()({key: str(path)})[key]
+    except Exception as err:  # nibabel, ITK and gzip raise many types; all mean "unreadable"
+        cause = err
+        while cause.__cause__ is not None:  # MONAI wraps the reader's error in "applying transform ..."
+            cause = cause.__cause__
+        raise DataError(f"{path}: cannot read {key} ({type(cause).__name__}: {cause})") from err
+    if data.ndim != 4 or data.shape[0] != 1:
+        raise DataError(f"{path}: expected a 3D single-channel image, got array shape {tuple(data.shape[1:])}"
+                        f" with {data.shape[0]} channel(s)")
+    return data
+
+
+def _check_pair(name: str, ref: MetaTensor, other: MetaTensor, ref_name: str, check_affine: bool) -> None:
+    if tuple(other.shape[1:]) != tuple(ref.shape[1:]):
+        raise DataError(f"{name}: shape {tuple(other.shape[1:])} does not match {ref_name} shape {tuple(ref.shape[1:])}")
+    if check_affine:
+        diff = float(np.abs(np.asarray(other.affine) - np.asarray(ref.affine)).max())
+        if diff > AFFINE_TOLERANCE:
+            fmt = lambda a: np.round(np.asarray(a, dtype=float)[:3], 4).tolist()  # noqa: E731
+            raise DataError(f"{name}: affine differs from the one of {ref_name} by {diff:.4g} "
+                            f"(tolerance {AFFINE_TOLERANCE}): {fmt(other.affine)} vs {fmt(ref.affine)}")
+
+
+def _check_integer(name: str, arr: np.ndarray) -> None:
+    if not np.all(np.isfinite(arr)) or np.any(arr != np.rint(arr)):
+        raise DataError(f"{name}: label map has non-integer or non-finite values")
+
+
+def _present_values(label: np.ndarray) -> list[int]:
+    """Non-zero values of a label map (bincount: np.unique's sort is the slow part of loading)."""
+    lo, hi = int(label.min()), int(label.max())
+    if lo >= 0 and hi < 1 << 20:
+        return [int(v) for v in np.flatnonzero(np.bincount(label.ravel(), minlength=1)) if v != 0]
+    return [int(v) for v in np.unique(label) if v != 0]
+
+
+def _to_volume(pid: str, tensors: dict[str, MetaTensor], names: dict[str, str], slice_axis: int, size: int,
+               axcodes: str | None, meta: dict[str, Any]) -> Volume:
+    """Validate channel-first tensors, bring them to slice space and record how to invert."""
+    image = tensors["image"]
+    img_name = names["image"]
+    if not torch.isfinite(image).all():
+        bad = int((~torch.isfinite(image)).sum())
+        raise DataError(f"{img_name}: image has {bad} NaN or infinite voxel(s)")
+    if "label" in tensors:
+        _check_pair(names["label"], image, tensors["label"], img_name, check_affine=True)
+        _check_integer(names["label"], tensors["label"].numpy())
+    if "supervoxels" in tensors:
+        # SSL-ALPNet wrote its supervoxels with a default affine: only the grid must agree, and the
+        # image's affine is the one that describes them.
+        _check_pair(names["supervoxels"], image, tensors["supervoxels"], img_name, check_affine=False)
+        _check_integer(names["supervoxels"], tensors["supervoxels"].numpy())
+        tensors["supervoxels"] = MetaTensor(tensors["supervoxels"].as_tensor(), affine=image.affine.clone())
+
+    data = _scaler()(dict(tensors))
+    data = _geometry(slice_axis, size, axcodes)(data)
+    out = data["image"]
+    perm = _slice_permutation(slice_axis)
+    to_slices = lambda t: np.ascontiguousarray(t.as_tensor()[0].numpy().transpose(perm))  # noqa: E731
+    pixdim = np.asarray(out.pixdim, dtype=float)
+    ops = copy.deepcopy(out.applied_operations)
+    for op in ops:  # the ops are replayed by a fresh Compose in to_original_grid: skip the instance check
+        op[TraceKeys.ID] = TraceKeys.NONE
+    meta = dict(meta)
+    meta.update(
+        original_shape=tuple(int(s) for s in image.shape[1:]),
+        original_affine=np.asarray(image.affine, dtype=float),
+        slice_space_affine=np.asarray(out.affine, dtype=float),
+        slice_axis=slice_axis,
+        size=size,
+        axcodes=axcodes,
+        inverse_ops=ops,
+    )
+    label = supervoxels = None
+    if "label" in data:
+        label = np.rint(to_slices(data["label"])).astype(np.int32)
+        meta["label_values"] = _present_values(label)
+    if "supervoxels" in data:
+        supervoxels = np.rint(to_slices(data["supervoxels"])).astype(np.int32)
+    return Volume(
+        pid=str(pid),
+        image=to_slices(out).astype(np.float32),
+        label=label,
+        spacing=tuple(float(pixdim[p]) for p in perm),
+        supervoxels=supervoxels,
+        meta=meta,
+    )
+
+
+def load_volume(image_path: str | Path, label_path: str | Path | None = None,
+                supervoxel_path: str | Path | None = None, slice_axis: int = 2, size: int = 256,
+                pid: str | None = None, axcodes: str | None = None) -> Volume:
+    """Load one scan (and its label and supervoxels) into slice space.
+
+    `axcodes` (e.g. "RAS") reorients before anything else; the default keeps the stored orientation,
+    as the field does. `pid` defaults to the file name's trailing number or stem.
+    """
+    if slice_axis not in (0, 1, 2):
+        raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
+    paths = {"image": Path(image_path)}
+    if label_path is not None:
+        paths["label"] = Path(label_path)
+    if supervoxel_path is not None:
+        paths["supervoxels"] = Path(supervoxel_path)
+    tensors = {key: _read(path, key) for key, path in paths.items()}
+    if pid is None:
+        stem = paths["image"].name.split(".")[0]
+        match = re.search(r"(\d+)$", stem)
+        pid = match.group(1) if match else stem
+    meta = {f"{key}_path": str(path) for key, path in paths.items()}
+    return _to_volume(str(pid), tensors, {k: str(p) for k, p in paths.items()}, slice_axis, size, axcodes, meta)
+
+
+def volume_from_arrays(pid: str, image: np.ndarray, label: np.ndarray | None = None,
+                       supervoxels: np.ndarray | None = None, affine: np.ndarray | None = None,
+                       slice_axis: int = 2, size: int = 256, axcodes: str | None = None) -> Volume:
+    """As `load_volume`, for arrays already in memory (file layout, e.g. X, Y, Z); no disk I/O."""
+    affine_t = torch.as_tensor(np.eye(4) if affine is None else np.asarray(affine), dtype=torch.float64)
+    tensors, names = {}, {}
+    for key, arr in (("image", image), ("label", label), ("supervoxels", supervoxels)):
+        if arr is None:
+            continue
+        arr = np.asarray(arr)
+        names[key] = f"<array {key} of volume {pid}>"
+        if arr.ndim != 3:
+            raise DataError(f"{names[key]}: expected a 3D array, got shape {arr.shape}")
+        tensors[key] = MetaTensor(torch.as_tensor(arr.astype(np.float32))[None], affine=affine_t.clone())
+    return _to_volume(str(pid), tensors, names, slice_axis, size, axcodes, {"source": "arrays"})
+
+
+def to_original_grid(label_slices: np.ndarray, volume: Volume) -> np.ndarray:
+    """Map a slice-space array (D, 256, 256) back onto the volume's file grid (its original shape).
+
+    Uses the resampling record of `volume` and MONAI's inverse transforms with nearest-exact
+    interpolation, so integer labels stay integers and a loaded label comes back unchanged.
+    Integer and boolean inputs keep their dtype; float inputs (scores) come back as float32.
+    """
+    arr = np.asarray(label_slices)
+    if "inverse_ops" not in volume.meta:
+        raise DataError(f"volume {volume.pid}: no resampling record; load it with load_volume or volume_from_arrays")
+    if arr.shape != volume.image.shape:
+        raise ValueError(f"volume {volume.pid}: slice-space array has shape {arr.shape}, expected {volume.image.shape}")
+    meta = volume.meta
+    perm = _slice_permutation(meta["slice_axis"])
+    file_order = np.argsort(perm)  # inverse permutation: slice space -> file axes
+    tensor = MetaTensor(torch.as_tensor(arr.transpose(file_order).astype(np.float32))[None],
+                        affine=torch.as_tensor(meta["slice_space_affine"]))
+    tensor.applied_operations = convert_applied_interp_mode(copy.deepcopy(meta["inverse_ops"]), mode=_LABEL_MODE)
+    inverted = _geometry(meta["slice_axis"], meta["size"], meta["axcodes"]).inverse({"image": tensor})["image"]
+    out = inverted.as_tensor()[0].numpy() if isinstance(inverted, MetaTensor) else np.asarray(inverted)[0]
+    if out.shape != tuple(meta["original_shape"]):  # guards the contract; MONAI should never break it
+        raise RuntimeError(f"volume {volume.pid}: inverse gave shape {out.shape}, expected {meta['original_shape']}")
+    if arr.dtype == bool:
+        return out > 0.5
+    if np.issubdtype(arr.dtype, np.integer):
+        return np.rint(out).astype(arr.dtype)
+    return out.astype(np.float32)
+
+
+def dataset_folder(root: str | Path, preset: DatasetPreset | str) -> Path:
+    """Folder holding the image/label files of `preset` under `root`."""
+    preset = get_preset(preset)
+    root = Path(root)
+    return root / preset.subdir if preset.subdir else root
+
+
+def _pid_sort_key(pid: str) -> tuple:
+    return (0, int(pid), pid) if pid.isdigit() else (1, 0, pid)
+
+
+def list_pids(root: str | Path, preset: DatasetPreset | str) -> list[str]:
+    """Patient ids of every image file of `preset` under `root`, sorted numerically."""
+    preset = get_preset(preset)
+    folder = dataset_folder(root, preset)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: dataset folder not found (preset {preset.name!r})")
+    head, tail = preset.image_pattern.split("{pid}", 1)
+    regex = re.compile(re.escape(head) + r"(.+?)" + re.escape(tail) + r"$")
+    pids = [m.group(1) for p in folder.iterdir() if (m := regex.match(p.name))]
+    return sorted(pids, key=_pid_sort_key)
+
+
+def load_dataset(root: str | Path, preset: DatasetPreset | str, pids: Sequence[str | int] | None = None,
+                 with_supervoxels: bool = False, labels: dict[str, int] | None = None, min_volumes: int = 1,
+                 size: int = 256, axcodes: str | None = None) -> list[Volume]:
+    """Load the labelled volumes of a dataset, sorted by numeric pid.
+
+    `labels` (default: the preset's) is checked against the data: a value found in no volume means
+    the label map does not describe these files, and raises. Fewer than `min_volumes` volumes raises.
+    """
+    preset = get_preset(preset)
+    root = Path(root)
+    folder = dataset_folder(root, preset)
+    pids = list_pids(root, preset) if pids is None else sorted((str(p) for p in pids), key=_pid_sort_key)
+    if len(pids) < max(1, min_volumes):
+        raise DataError(f"{folder / preset.image_pattern}: found {len(pids)} volume(s), need at least {max(1, min_volumes)}")
+    if with_supervoxels and preset.supervoxel_pattern is None:
+        raise DataError(f"{root}: preset {preset.name!r} has no supervoxel_pattern")
+    volumes = []
+    for pid in pids:
+        sv = root / preset.supervoxel_pattern.format(pid=pid) if with_supervoxels else None
+        volume = load_volume(folder / preset.image_pattern.format(pid=pid), folder / preset.label_pattern.format(pid=pid),
+                             sv, slice_axis=preset.slice_axis, size=size, pid=pid, axcodes=axcodes)
+        volume.meta["preset"] = preset.name
+        volumes.append(volume)
+    label_map = preset.labels if labels is None else dict(labels)
+    found = set().union(*(v.meta["label_values"] for v in volumes))
+    missing = {name: value for name, value in label_map.items() if int(value) not in found}
+    if missing:
+        raise DataError(f"{folder / preset.label_pattern}: label map names value(s) {missing} found in none of the "
+                        f"{len(volumes)} label files (values present: {sorted(found)})")
+    return volumes

@@ -1,0 +1,152 @@
+"""Run any few-shot method through the field's evaluation protocol and report it.
+
+For each fold and each organ, the support slices (E, K, 256, 256) and the query slices of one query
+volume are gathered by the chosen matching (`ep1`, `in_volume`, `no_oracle`), the method is called
+once for that (query volume, organ) with all its query slices batched, its scores are binarized by
+the method itself, and the predicted slices are scored in 3D against the ground truth. Slices the
+matching does not segment count as predicted background; slices it does not score (in-volume: the
+support slice) are left out of both prediction and ground truth, for Dice and surface distances
+alike. Masks are `label == value`. Baselines and the network go through this same code.
+
+In `ep1` and `no_oracle` the fold's support patient (first id unless `support_index` says otherwise)
+serves the fold's other volumes. In `in_volume` every volume of the fold is its own support, so all
+volumes of the fold are queries (the record's support_pid equals its query_pid).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from .folds import make_folds, support_pid
+from .matching import SliceEpisodes, ep1_episodes, in_volume_episodes, no_oracle_episodes
+from .metrics import case_metrics
+from .report import write_report
+
+__all__ = ["FewShotMethod", "MODES", "episodes_for", "predict_case", "run_protocol", "evaluate_and_report"]
+
+MODES = ("ep1", "in_volume", "no_oracle")
+
+
+class FewShotMethod(Protocol):
+    """What the protocol needs of a method (docs/ARCHITECTURE.md, "The method interface")."""
+
+    name: str
+
+    def predict_scores(self, support_images: np.ndarray, support_masks: np.ndarray,
+                       query_images: np.ndarray, query_episode: np.ndarray) -> np.ndarray: ...
+
+    def binarize(self, scores: np.ndarray) -> np.ndarray: ...
+
+
+def episodes_for(mode: str, support, query, value: int, shots: int = 1) -> SliceEpisodes:
+    """The slice selection of `mode` for one organ; `support` and `query` are Volume-like
+    (`.label` (D, H, W)). In `in_volume` the support is ignored: the query serves itself."""
+    if mode == "ep1":
+        return ep1_episodes(support.label, query.label, value, shots=shots)
+    if mode == "in_volume":
+        return in_volume_episodes(query.label, value, shots=shots)
+    if mode == "no_oracle":
+        return no_oracle_episodes(support.label, query.label.shape[0], value, shots=shots)
+    raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+
+
+def predict_case(method: FewShotMethod, support, query, value: int,
+                 episodes: SliceEpisodes) -> np.ndarray:
+    """Call the method once for one (query volume, organ); return the predicted mask (D, H, W) of
+    the query volume, background wherever the episodes do not segment."""
+    pred = np.zeros(query.label.shape, dtype=bool)
+    if episodes.query_z.size == 0:
+        return pred
+    support_images = np.asarray(support.image, dtype=np.float32)[episodes.support_z]
+    support_masks = (np.asarray(support.label)[episodes.support_z] == value).astype(np.float32)
+    query_images = np.asarray(query.image, dtype=np.float32)[episodes.query_z]
+    scores = method.predict_scores(support_images, support_masks, query_images,
+                                   episodes.query_episode.copy())
+    binary = np.asarray(method.binarize(scores)).astype(bool)
+    if binary.shape != query_images.shape:
+        raise ValueError(f"{getattr(method, 'name', method)} returned masks of shape {binary.shape} "
+                         f"for query slices of shape {query_images.shape}")
+    pred[episodes.query_z] = binary
+    return pred
+
+
+def _scored_only(mask: np.ndarray, scored_z: np.ndarray) -> np.ndarray:
+    keep = np.zeros(mask.shape[0], dtype=bool)
+    keep[scored_z] = True
+    return mask & keep[:, None, None]
+
+
+def run_protocol(method: FewShotMethod, volumes: Sequence, labels: dict[str, int], mode: str = "ep1",
+                 shots: int = 1, n_folds: int = 5, folds: Sequence[int] | None = None,
+                 support_index: int = 0, progress: Callable[[str], None] | None = None,
+                 distances: bool = True) -> list[dict]:
+    """Evaluate `method` on Volume-like objects (`.pid`, `.image`, `.label`, `.spacing`).
+
+    `labels` maps organ names to label values; `folds` picks fold indices (default: all).
+    Returns one record per (fold, query volume, organ) with Dice, TP/FP/FN, HD95 and ASSD (mm),
+    the number of scored and segmented slices, and the mode.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    by_pid = {str(v.pid): v for v in volumes}
+    if len(by_pid) != len(volumes):
+        raise ValueError("volumes have duplicate pids")
+    all_folds = make_folds(by_pid, n_folds)
+    chosen = range(len(all_folds)) if folds is None else list(folds)
+    records = []
+    for f in chosen:
+        if not 0 <= f < len(all_folds):
+            raise ValueError(f"fold {f} does not exist ({len(all_folds)} folds)")
+        fold = all_folds[f]
+        sup_pid = support_pid(fold, support_index)
+        queries = list(fold) if mode == "in_volume" else [p for p in fold if p != sup_pid]
+        for organ, value in labels.items():
+            for q_pid in queries:
+                query = by_pid[q_pid]
+                support = query if mode == "in_volume" else by_pid[sup_pid]
+                t0 = time.perf_counter()
+                episodes = episodes_for(mode, support, query, value, shots)
+                pred = _scored_only(predict_case(method, support, query, value, episodes),
+                                    episodes.scored_z)
+                gt = _scored_only(np.asarray(query.label) == value, episodes.scored_z)
+                rec = {"mode": mode, "fold": f, "support_pid": support.pid, "query_pid": q_pid,
+                       "organ": organ, "label_value": int(value), "shots": shots,
+                       **case_metrics(pred, gt, tuple(query.spacing), distances=distances),
+                       "n_scored": int(episodes.scored_z.size), "n_segmented": int(episodes.query_z.size)}
+                records.append(rec)
+                if progress is not None:
+                    dice = "undefined" if rec["dice"] is None else f"{100 * rec['dice']:.1f}"
+                    progress(f"{getattr(method, 'name', 'method')} {mode} fold {f} {organ} "
+                             f"support {support.pid} query {q_pid}: Dice {dice} "
+                             f"({rec['n_segmented']} slices, {time.perf_counter() - t0:.1f} s)")
+    return records
+
+
+def _counter_delta(before: dict, after: dict) -> dict:
+    return {k: v - before.get(k, 0) if isinstance(v, (int, float)) else v for k, v in after.items()}
+
+
+def evaluate_and_report(method: FewShotMethod, volumes: Sequence, labels: dict[str, int], out_dir,
+                        mode: str = "ep1", shots: int = 1, n_folds: int = 5,
+                        folds: Sequence[int] | None = None, support_index: int = 0,
+                        progress: Callable[[str], None] | None = None, dataset: str | None = None,
+                        distances: bool = True) -> dict:
+    """`run_protocol`, then `report.write_report` into `out_dir`. A method's `fallback_counts`
+    (registration) are reported for this run alone. Returns the summary of results.json."""
+    before = dict(getattr(method, "fallback_counts", {}) or {})
+    t0 = time.perf_counter()
+    records = run_protocol(method, volumes, labels, mode=mode, shots=shots, n_folds=n_folds,
+                           folds=folds, support_index=support_index, progress=progress,
+                           distances=distances)
+    stats = {"seconds": round(time.perf_counter() - t0, 1)}
+    if hasattr(method, "fallback_counts"):
+        stats["fallback_counts"] = _counter_delta(before, dict(method.fallback_counts))
+    settings = {"n_folds": n_folds, "folds": None if folds is None else list(folds),
+                "support_index": support_index, "labels": dict(labels)}
+    return write_report(records, out_dir, method=getattr(method, "name", type(method).__name__),
+                        mode=mode, shots=shots, organs=list(labels), dataset=dataset,
+                        method_stats=stats, settings=settings)

@@ -1,0 +1,83 @@
+"""scripts.data.phantoms: deterministic, anatomically ordered, loadable through the `phantom` preset."""
+
+import numpy as np
+import pytest
+
+from scripts.data.phantoms import PHANTOM_LABELS, make_phantom, make_phantoms, phantom_volumes, write_phantom_dataset
+from scripts.data.volumes import load_dataset, to_original_grid
+
+
+def _z_range(label, value):
+    zs = np.flatnonzero((label == value).any(axis=(1, 2)))
+    return int(zs[0]), int(zs[-1]), len(zs)
+
+
+def test_deterministic_per_seed_and_index():
+    a, b = make_phantom(1, size=48, depth=12, seed=5), make_phantom(1, size=48, depth=12, seed=5)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.label, b.label)
+    np.testing.assert_array_equal(a.supervoxels, b.supervoxels)
+    other = make_phantom(2, size=48, depth=12, seed=5)
+    assert not np.array_equal(a.label, other.label)
+    assert not np.array_equal(a.label, make_phantom(1, size=48, depth=12, seed=6).label)
+
+
+def test_organs_present_contiguous_varied_and_in_place():
+    cases = make_phantoms(4, size=64, depth=16, seed=0)
+    ranges = []
+    for case in cases:
+        label = case.label
+        assert case.image.shape == label.shape == case.supervoxels.shape == (16, 64, 64)
+        sizes = {}
+        for value in PHANTOM_LABELS.values():
+            z0, z1, n = _z_range(label, value)
+            assert n == z1 - z0 + 1 >= 2  # present, one contiguous z-range
+            sizes[value] = int((label == value).sum())
+            ranges.append((value, z0, z1))
+        assert sizes[1] == max(sizes.values())  # the liver is the largest organ
+        col = {v: np.nonzero(label == v)[2].mean() for v in PHANTOM_LABELS.values()}
+        assert col[1] < 32 and col[2] < col[3] and col[4] > 32  # liver & right kidney on the image left
+        row = {v: np.nonzero(label == v)[1].mean() for v in PHANTOM_LABELS.values()}
+        assert row[2] < row[1] and row[3] < row[1]  # kidneys posterior (top, as CHAOS in slice space)
+    per_organ = {v: {(z0, z1) for (u, z0, z1) in ranges if u == v} for v in PHANTOM_LABELS.values()}
+    assert all(len(r) > 1 for r in per_organ.values())  # z-ranges differ between volumes
+
+
+def test_contrast_is_organ_like_but_not_constant():
+    case = make_phantom(0, size=64, depth=16)
+    body = case.supervoxels > 0
+    background_tissue = case.image[body & (case.label == 0)]
+    for value in PHANTOM_LABELS.values():
+        organ = case.image[case.label == value]
+        assert organ.std() > 0.03 * organ.mean()  # textured, not a constant value
+        # separable on average, yet with overlapping histograms
+        assert abs(organ.mean() - background_tissue.mean()) > 0.3 * background_tissue.std()
+        assert background_tissue.min() < organ.mean() < background_tissue.max()
+    assert case.image[~body].mean() < 0.25 * background_tissue.mean()  # air is dark
+
+
+def test_supervoxels_partition_the_body():
+    case = make_phantom(3, size=48, depth=12)
+    sv = case.supervoxels
+    ids = np.unique(sv)
+    assert ids[0] == 0 and np.array_equal(ids[1:], np.arange(1, ids[-1] + 1)) and ids[-1] > 20
+    # a supervoxel never mixes two labelled organs
+    for i in ids[1:]:
+        assert len(np.unique(case.label[sv == i])) == 1
+
+
+def test_written_dataset_loads_with_the_phantom_preset(tmp_path):
+    root = write_phantom_dataset(tmp_path / "phantom", n_volumes=2, size=48, depth=10, seed=3)
+    assert (root / "image_1.nii.gz").is_file() and (root / "supervoxels" / "superpix-MIDDLE_2.nii.gz").is_file()
+    volumes = load_dataset(root, "phantom", with_supervoxels=True)
+    in_memory = phantom_volumes(2, size=48, depth=10, seed=3)
+    assert [v.pid for v in volumes] == ["1", "2"]
+    for loaded, mem in zip(volumes, in_memory):
+        assert loaded.image.shape == (10, 256, 256)
+        assert loaded.spacing == pytest.approx((6.0, 300 / 256, 300 / 256))
+        assert np.allclose(loaded.image, mem.image, atol=1e-5)
+        np.testing.assert_array_equal(loaded.label, mem.label)
+        np.testing.assert_array_equal(loaded.supervoxels, mem.supervoxels)
+        assert np.linalg.det(loaded.meta["original_affine"][:3, :3]) > 0 > loaded.meta["original_affine"][0, 0]
+        case = make_phantom(int(loaded.pid) - 1, size=48, depth=10, seed=3)
+        np.testing.assert_array_equal(to_original_grid(loaded.label, loaded), case.to_file_layout(case.label))
