@@ -1,6 +1,6 @@
 """The MONAI Label app through a real server: OHIF, Slicer and cross-patient flows, errors, the client.
 
-One server for the module (a tiny untrained checkpoint, four 64x64x12 phantoms); it is stopped by
+One server for the module (a tiny untrained checkpoint, four 64x64x10 phantoms); it is stopped by
 its PID when the module ends, failed or not. Calls are kept cheap (one or two organs per call):
 the server runs the model for real on the CPU.
 """
@@ -103,12 +103,11 @@ def _assert_geometry(result: nib.Nifti1Image, image: nib.Nifti1Image):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    sys.path.insert(0, str(REPO / "bundle"))
     from scripts.data.phantoms import write_phantom_dataset
     from scripts.network.presets import build_segmenter, save_checkpoint_file
 
     tmp = tmp_path_factory.mktemp("monailabel")
-    phantoms = write_phantom_dataset(tmp / "phantoms", n_volumes=4, size=64, depth=12, seed=0)
+    phantoms = write_phantom_dataset(tmp / "phantoms", n_volumes=4, size=64, depth=10, seed=0)
     studies = tmp / "studies"
     studies.mkdir()
     for pid in range(1, 5):
@@ -280,7 +279,7 @@ def test_user_errors_answer_4xx_with_a_message(server, case, liver_1):
         status, words = 422, "scribbles"
     elif case == "shape_mismatch":
         wrong = server.tmp / "wrong_shape.nii.gz"
-        nib.save(nib.Nifti1Image(np.ones((64, 64, 10), np.int16), server.image(2).affine), wrong)
+        nib.save(nib.Nifti1Image(np.ones((64, 64, 7), np.int16), server.image(2).affine), wrong)
         response, status, words = server.infer("fewshot_scribbles", "image_2", {}, wrong), 422, "shape"
     elif case == "unknown_support":
         response, status, words = server.infer("fewshot", "image_4", {"support_image": "nope"}), 404, "nope"

@@ -93,6 +93,11 @@ def test_scheduler_identity_recovers_the_mask_latent():
     target = training_target(scheduler, mask_latent, image_latent)
     torch.testing.assert_close(target, -mask_latent)
     torch.testing.assert_close(mask_latent_from_output(scheduler, target, image_latent), mask_latent)
+    # pixel-unshuffled masks (64 channels) beside a 32-channel TAEF2 image latent: the same identity
+    wide_mask, narrow_image = torch.randn(2, 64, 8, 8), torch.randn(2, 32, 8, 8)
+    wide_target = training_target(scheduler, wide_mask, narrow_image)
+    torch.testing.assert_close(wide_target, -wide_mask)
+    torch.testing.assert_close(mask_latent_from_output(scheduler, wide_target, narrow_image), wide_mask)
 
 
 def test_empty_support_mask_is_refused(tiny):

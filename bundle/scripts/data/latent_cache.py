@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ class LatentCache:
             latents = torch.cat([self.encode(part).cpu() for part in images.split(self.chunk)])
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # ranks of a DDP run may write the same entry
             torch.save(latents.half() if self.autoencoder_name != "unshuffle" else latents, tmp)
             tmp.replace(path)
         return latents

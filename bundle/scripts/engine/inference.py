@@ -32,19 +32,29 @@ def save_label(label: np.ndarray, query, output_dir, postfix: str = "seg") -> Pa
     return Path(output_dir) / f"{name}_{postfix}.nii.gz"
 
 
-def run_inference(method, support_image, support_label, query_images, output_dir, labels=None, max_shots: int = 3,
-                  support_slices=None, slice_axis: int = 2) -> list[Path]:
-    """Segment each query volume from the support; one NIfTI per query in ``output_dir``."""
-    if support_image is None or support_label is None:
-        raise ValueError("inference needs support_image and support_label (a labelled volume)")
+def query_dataset(query_images) -> list[dict]:
+    """The inference workflow's dataset: one item per query volume."""
     queries = [query_images] if isinstance(query_images, (str, Path)) else list(query_images or [])
     if not queries:
         raise ValueError("inference needs at least one query image (query_images)")
-    written = []
-    for query_path in queries:
-        label, query, result = segment_files(method, support_image, support_label, query_path, labels,
-                                             max_shots, support_slices, slice_axis)
-        path = save_label(label, query, output_dir)
-        logger.info("%s -> %s (labels %s, shots %s)", query_path, path, result.labels, result.shots_per_label)
-        written.append(path)
-    return written
+    return [{"image": str(q)} for q in queries]
+
+
+class QueryIteration:
+    """``iteration_update`` of the inference workflow's MONAI ``Evaluator``: one query volume ->
+    its segmentation, written as NIfTI on the query's grid."""
+
+    def __init__(self, method, support_image, support_label, output_dir, labels=None, max_shots: int = 3,
+                 support_slices=None, slice_axis: int = 2):
+        if support_image is None or support_label is None:
+            raise ValueError("inference needs support_image and support_label (a labelled volume)")
+        self.method, self.support_image, self.support_label = method, support_image, support_label
+        self.output_dir, self.labels, self.max_shots = output_dir, labels, max_shots
+        self.support_slices, self.slice_axis = support_slices, slice_axis
+
+    def __call__(self, engine, item: dict) -> dict:
+        label, query, result = segment_files(self.method, self.support_image, self.support_label, item["image"],
+                                             self.labels, self.max_shots, self.support_slices, self.slice_axis)
+        path = save_label(label, query, self.output_dir)
+        logger.info("%s -> %s (labels %s, shots %s)", item["image"], path, result.labels, result.shots_per_label)
+        return {"image": item["image"], "pred_path": str(path), "labels": result.labels}

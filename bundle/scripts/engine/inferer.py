@@ -97,9 +97,10 @@ def segment_volume(method, support_image: np.ndarray, support_label: np.ndarray,
         result.shots_per_label[name] = int(episodes.shape[1])
         result.support_slices[name] = [int(z) for z in support_z]
     merged = merge_organs(np.stack(scores), np.stack(masks), [labels[n] for n in names])
-    if same_volume:  # the user's own labelled slices stay exactly as drawn
-        drawn = np.isin(np.arange(support_label.shape[0]), np.flatnonzero(support_label.reshape(support_label.shape[0], -1).any(1)))
-        merged[drawn] = support_label[drawn]
+    if same_volume:  # the user's own labelled slices of these organs stay exactly as drawn
+        chosen = np.isin(support_label, list(labels.values()))
+        drawn = chosen.reshape(chosen.shape[0], -1).any(axis=1)
+        merged[drawn] = np.where(chosen[drawn], support_label[drawn], 0)
     result.label = merged
     return result
 

@@ -94,7 +94,7 @@ class EpisodeIteration:
             if self.amp else contextlib.nullcontext()
         )
         with autocast:
-            losses = engine.network(batch)
+            losses = engine.inferer(batch, engine.network)  # SimpleInferer: the objective's forward
         engine.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         if self.grad_clip:

@@ -29,12 +29,19 @@ def make_one_step_scheduler():
     return scheduler
 
 
+def _as_noisy_sample(image_latent: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The image latent plays the noisy sample x_t. With alpha_bar = 0 its coefficient is zero, so
+    where the mask latent has other channels (pixel-unshuffled masks beside a TAE image latent) a
+    zero tensor of the mask latent's shape is the same sample in the scheduler's arithmetic."""
+    return image_latent if image_latent.shape == like.shape else torch.zeros_like(like)
+
+
 def training_target(scheduler, mask_latent: torch.Tensor, image_latent: torch.Tensor) -> torch.Tensor:
     """The velocity the U-Net must predict: the image latent plays the noise, the mask the sample."""
     timesteps = torch.full((mask_latent.shape[0],), TIMESTEP, dtype=torch.long, device=mask_latent.device)
-    return scheduler.get_velocity(mask_latent, image_latent, timesteps)
+    return scheduler.get_velocity(mask_latent, _as_noisy_sample(image_latent, mask_latent), timesteps)
 
 
 def mask_latent_from_output(scheduler, model_output: torch.Tensor, image_latent: torch.Tensor) -> torch.Tensor:
     """One DDIM step from t = 1: the predicted clean sample (the mask latent)."""
-    return scheduler.step(model_output, TIMESTEP, image_latent).prev_sample
+    return scheduler.step(model_output, TIMESTEP, _as_noisy_sample(image_latent, model_output)).prev_sample

@@ -1,4 +1,4 @@
-"""Run the training-free baselines through the evaluation protocol and write their reports.
+r"""Run the training-free baselines through the evaluation protocol and write their reports.
 
     python -m scripts.protocol.run_baselines --dataset_dir /work/shared/data/CHAOST2 --preset chaost2 \
         --methods support_copy registration --modes ep1 in_volume no_oracle --out bench/results/x

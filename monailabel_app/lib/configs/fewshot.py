@@ -1,0 +1,122 @@
+"""Configuration of the few-shot task: every ``--conf`` key the app reads, with its default.
+
+    --conf checkpoint <file>         model file (default <repo>/bundle/models/model.pt), written by
+                                     scripts.network.presets.save_checkpoint_file or by training
+    --conf preset compact|tiny|sd15  override the checkpoint's stored preset (rarely needed)
+    --conf autoencoder <name>        override the stored autoencoder (unshuffle | taef2 | taesd | sd-vae)
+    --conf autoencoder_path <dir>    where that autoencoder's weights are
+    --conf visual_encoder_path, unet_path   the same for the other pretrained parts
+    --conf device auto|cpu|cuda      auto: cuda when available
+    --conf max_shots 3               labelled slices used per query slice (nearest first)
+    --conf threshold <float>         default threshold (none: the checkpoint's own)
+    --conf threshold_mode absolute|relative
+    --conf labels <preset|json>      names of label values: a dataset preset (phantom, chaost2, ...)
+                                     or {"liver": 1, ...}; clients pre-create these segments
+    --conf slice_axis 2              the file axis that runs across slices
+    --conf scribbles true|false      also register the scribbles-type entry (3D Slicer)
+    --conf prediction_record_dir <dir>   where predicted slices are remembered
+                                     (default <studies>/.fewshot/predictions; "none" disables)
+    --conf train_steps 200           default fine-tuning length (a request may override it)
+    --conf train_dir <dir>           dataset folder and runs of fine-tuning (default <app>/model/fewshot)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from monailabel.interfaces.config import TaskConfig
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.utils.others.generic import strtobool
+
+from lib import REPO
+from lib.infers.fewshot import FewShotInfer, FewShotModel, PredictionRecord
+from lib.trainers.fewshot import FewShotTrain
+
+logger = logging.getLogger(__name__)
+
+MODEL_OVERRIDES = ("preset", "autoencoder", "autoencoder_path", "visual_encoder_path", "unet_path")
+
+
+def resolve_device(name: str | None) -> str:
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(f"device '{name}' asked for but CUDA is not available: using the CPU")
+        return "cpu"
+    return name
+
+
+def label_names(value: str | None) -> dict[str, int]:
+    """``--conf labels``: a dataset preset name or a JSON mapping name -> value."""
+    if not value:
+        return {}
+    value = value.strip()
+    if value.startswith("{"):
+        return {str(k): int(v) for k, v in json.loads(value).items()}
+    from scripts.data.presets import get_preset
+
+    try:
+        return dict(get_preset(value).labels)
+    except KeyError as error:
+        raise ValueError(f"--conf labels {value!r}: {error.args[0]}") from None
+
+
+class FewShot(TaskConfig):
+    def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, **kwargs):
+        super().init(name, model_dir, conf, planner, **kwargs)
+        conf = self.conf or {}
+        self.path = os.path.abspath(conf.get("checkpoint") or REPO / "bundle" / "models" / "model.pt")
+        self.model_keys = {key: conf.get(key) or None for key in MODEL_OVERRIDES}
+        self.device = resolve_device(conf.get("device"))
+        self.max_shots = int(conf.get("max_shots", 3))
+        self.threshold = float(conf["threshold"]) if conf.get("threshold") not in (None, "") else None
+        self.threshold_mode = conf.get("threshold_mode") or None
+        self.labels = label_names(conf.get("labels"))
+        self.slice_axis = int(conf.get("slice_axis", 2))
+        self.scribbles = strtobool(conf.get("scribbles", "true"))
+        studies = kwargs.get("studies")
+        record = conf.get("prediction_record_dir")
+        if record is None and studies and not str(studies).startswith(("http://", "https://")):
+            record = os.path.join(studies, ".fewshot", "predictions")
+        self.record_dir = None if str(record).lower() == "none" else record
+        self.datastore = kwargs.get("datastore")  # a callable giving the app's datastore
+        self.train_steps = int(conf.get("train_steps", 200))
+        self._model: FewShotModel | None = None
+        logger.info(f"few-shot task '{name}': checkpoint {self.path} "
+                    f"({'present' if os.path.exists(self.path) else 'MISSING: calls will answer 424'}), "
+                    f"device {self.device}, max_shots {self.max_shots}, threshold {self.threshold}")
+
+    @property
+    def model(self) -> FewShotModel:
+        if self._model is None:  # one segmenter shared by both entries
+            self._model = FewShotModel(self.path, self.model_keys)
+        return self._model
+
+    def infer(self) -> Union[InferTask, Dict[str, InferTask]]:
+        common = dict(
+            model=self.model, labels=self.labels, datastore=self.datastore, max_shots=self.max_shots,
+            threshold=self.threshold, threshold_mode=self.threshold_mode, slice_axis=self.slice_axis,
+            record=PredictionRecord(self.record_dir), device=self.device,
+        )
+        # both entries share one segmenter and one record of predicted slices
+        tasks: Dict[str, InferTask] = {self.name: FewShotInfer(type=InferType.SEGMENTATION, **common)}
+        if self.scribbles:
+            tasks[f"{self.name}_scribbles"] = FewShotInfer(type=InferType.SCRIBBLES, **common)
+        return tasks
+
+    def trainer(self) -> Optional[TrainTask]:
+        return FewShotTrain(
+            checkpoint=self.path,
+            work_dir=self.conf.get("train_dir") or os.path.join(self.model_dir, self.name),
+            config_file=REPO / "bundle" / "configs" / "train.yaml",
+            model_keys=self.model_keys,
+            steps=self.train_steps,
+            description="Fine-tune the few-shot model on the datastore's labelled images (bundle training workflow)",
+        )

@@ -1,0 +1,189 @@
+"""The MONAI bundle's workflows, run as a MONAI user runs them (mostly in-process: `import monai`
+alone costs ~9 s, so only the commands whose CLI is the point run as subprocesses)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
+PY = sys.executable
+TRAIN = str(BUNDLE / "configs" / "train.yaml")
+EVALUATE = str(BUNDLE / "configs" / "evaluate.yaml")
+INFERENCE = str(BUNDLE / "configs" / "inference.yaml")
+MULTI_GPU = str(BUNDLE / "configs" / "multi_gpu_train.yaml")
+META = str(BUNDLE / "configs" / "metadata.json")
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory):
+    from scripts.data.phantoms import write_phantom_dataset
+
+    return write_phantom_dataset(tmp_path_factory.mktemp("phantoms"), n_volumes=10, size=64, depth=12, seed=3)
+
+
+def quick_args(phantom_dir, out_dir, **extra):
+    """A seconds-long training: tiny U-Net, 2 epochs of 4 steps on the phantoms."""
+    args = dict(dataset="phantom", dataset_dir=str(phantom_dir), preset="tiny", steps=8, steps_per_epoch=4,
+                batch_size=2, val_interval=2, ckpt_interval=4, val_queries=1, run_name="t",
+                output_dir=str(out_dir), cache_dir=str(out_dir / "cache"), bundle_root=str(BUNDLE))
+    args.update(extra)
+    return args
+
+
+def cli(args: dict) -> list[str]:
+    out = []
+    for key, value in args.items():
+        out += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return out
+
+
+def run_workflow(config_file, run_id, **args):
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(config_file=config_file, meta_file=META, workflow_type="train" if run_id == "training" else "infer",
+                              run_id=run_id, **args)
+    workflow.initialize()
+    result = workflow.run()
+    workflow.finalize()
+    return workflow, result
+
+
+@pytest.fixture(scope="module")
+def trained(phantom_dir, tmp_path_factory):
+    """One real `python -m monai.bundle run training` from bundle/, as the zoo runs it."""
+    out = tmp_path_factory.mktemp("run")
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    cmd = [PY, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml",
+           *cli(quick_args(phantom_dir, out, bundle_root="."))]
+    proc = subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout + proc.stderr
+
+
+def test_training_writes_checkpoints_events_and_model(trained):
+    out, log = trained
+    assert (out / "checkpoints" / "checkpoint_iteration=8.pt").is_file()
+    assert (out / "checkpoints" / "best_ema.pt").is_file()
+    assert list(out.glob("events.out.tfevents.*"))
+    assert "val_mean_dice" in log
+    from scripts.network.presets import load_checkpoint_file
+
+    stored = load_checkpoint_file(out / "model.pt")
+    assert stored["config"]["preset"] == "tiny" and "conv_in_ref.weight" in stored["state_dict"]
+
+
+def test_workflows_have_the_properties_monai_expects(trained, phantom_dir, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    args = quick_args(phantom_dir, tmp_path)
+    train = ConfigWorkflow(config_file=TRAIN, meta_file=META, workflow_type="train", **args)
+    train.initialize()
+    assert train.check_properties() == []
+    infer = ConfigWorkflow(config_file=INFERENCE, meta_file=META, workflow_type="infer", bundle_root=str(BUNDLE),
+                           checkpoint=str(trained[0] / "model.pt"), support_image=str(phantom_dir / "image_1.nii.gz"),
+                           support_label=str(phantom_dir / "label_1.nii.gz"),
+                           query_images=[str(phantom_dir / "image_2.nii.gz")])
+    infer.initialize()
+    assert infer.check_properties() == []
+
+
+def test_interrupted_training_resumes_with_its_optimizer_and_schedule(phantom_dir, tmp_path):
+    """A run stopped after epoch 1 (iteration 4 of 8) continues from its checkpoint to the end:
+    the trainer, optimizer and LR schedule carry on instead of starting again."""
+    args = quick_args(phantom_dir, tmp_path, val_interval=100)
+    args["train#trainer#max_epochs"] = 1  # the "interruption": the process ends after epoch 1
+    run_workflow(TRAIN, "training", **args)
+    first = torch.load(tmp_path / "checkpoints" / "checkpoint_iteration=4.pt", weights_only=False)
+    assert first["trainer"]["iteration"] == 4
+    assert first["optimizer"]["state"][0]["step"] == 4
+    del args["train#trainer#max_epochs"]
+    workflow, _ = run_workflow(TRAIN, "training", **args)
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.iteration == 8
+    final = torch.load(tmp_path / "checkpoints" / "checkpoint_iteration=8.pt", weights_only=False)
+    assert final["optimizer"]["state"][0]["step"] == 8  # 4 restored + 4 new, not 4 from scratch
+    assert final["lr_scheduler"]["last_epoch"] == 8
+    assert workflow.parser.get_parsed_content("train#optimizer").param_groups[0]["lr"] == pytest.approx(0.0)
+
+
+def test_evaluate_writes_the_protocol_tables(trained, phantom_dir, tmp_path):
+    out, _ = trained
+    args = quick_args(phantom_dir, out, eval_dir=str(tmp_path / "eval"), modes=["ep1", "no_oracle"])
+    run_workflow([TRAIN, EVALUATE], "evaluating", **args)
+    for mode in ("ep1", "no_oracle"):
+        summary = json.loads((tmp_path / "eval" / mode / "results.json").read_text())
+        assert summary["method"] == "sdfsmis" and summary["mode"] == mode
+        assert set(summary["aggregate"]["organs"]) == {"liver", "spleen"}
+        assert (tmp_path / "eval" / mode / "table.md").read_text().count("|") > 10
+        assert (tmp_path / "eval" / mode / "cases.csv").read_text().count("\n") == 1 + 2 * 1  # 2 organs x 1 query
+    args.update(method="support_copy", eval_dir=str(tmp_path / "copy"), modes=["in_volume"])
+    run_workflow([TRAIN, EVALUATE], "evaluating", **args)
+    summary = json.loads((tmp_path / "copy" / "in_volume" / "results.json").read_text())
+    assert summary["aggregate"]["mean"]["dice_mean"] > 0.3  # neighbouring slices of one volume overlap
+
+
+def test_inference_writes_nifti_on_the_query_grid_with_the_support_values(trained, phantom_dir, tmp_path):
+    out, _ = trained
+    support_image, support_label = phantom_dir / "image_1.nii.gz", phantom_dir / "label_1.nii.gz"
+    queries = [str(phantom_dir / "image_2.nii.gz"), str(phantom_dir / "image_3.nii.gz")]
+    run_workflow(INFERENCE, "inference", bundle_root=str(BUNDLE), checkpoint=str(out / "model.pt"),
+                 support_image=str(support_image), support_label=str(support_label), query_images=queries,
+                 output_dir=str(tmp_path))
+    support_values = set(np.unique(nib.load(support_label).get_fdata()).astype(int))
+    for query in queries:
+        written = tmp_path / (Path(query).name.split(".")[0] + "_seg.nii.gz")
+        seg, source = nib.load(written), nib.load(query)
+        assert seg.shape == source.shape
+        np.testing.assert_allclose(seg.affine, source.affine, atol=1e-4)
+        assert set(np.unique(np.asarray(seg.dataobj)).astype(int)) <= support_values
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"preset": "huge"}, "unknown preset 'huge'"),
+    ({"dataset_dir": "/nonexistent/data", "dataset": "chaost2"}, "/nonexistent/data"),
+    ({"test_labels": ["pancreas"]}, "pancreas"),
+])
+def test_bad_training_overrides_fail_clearly(phantom_dir, tmp_path, override, message):
+    args = quick_args(phantom_dir, tmp_path)
+    args.update(override)
+    with pytest.raises(Exception) as error:
+        run_workflow(TRAIN, "training", **args)
+    assert message in _all_messages(error.value)
+
+
+def test_missing_checkpoint_fails_clearly(tmp_path):
+    with pytest.raises(Exception) as error:
+        run_workflow(INFERENCE, "inference", bundle_root=str(BUNDLE), checkpoint=str(tmp_path / "absent.pt"),
+                     support_image="a.nii.gz", support_label="b.nii.gz", query_images=["c.nii.gz"])
+    assert "checkpoint not found" in _all_messages(error.value)
+
+
+def _all_messages(error: BaseException) -> str:
+    """MONAI wraps config errors; the user reads the whole chain."""
+    messages = []
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__ or error.__context__
+    return " | ".join(messages)
+
+
+def test_two_process_ddp_training_on_cpu(phantom_dir, tmp_path):
+    """multi_gpu_train.yaml under torchrun with the gloo backend: two ranks train, rank 0 writes."""
+    args = quick_args(phantom_dir, tmp_path, val_interval=1)  # validation inside DDP must not deadlock
+    cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+           "training", "--config_file", json.dumps([TRAIN, MULTI_GPU]), "--meta_file", META, *cli(args)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "checkpoint_iteration=8.pt").is_file()  # 8 steps per rank
+    assert (tmp_path / "model.pt").is_file()
+    assert proc.stdout.count("val_mean_dice:") >= 2  # rank 0 logs each epoch's validation
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2  # rank 0's trainer and evaluator only
