@@ -21,7 +21,7 @@ export PIP_BUILD_CONSTRAINT := $(CURDIR)/requirements/constraints.txt
 export SAM2_BUILD_CUDA := 0
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo accuracy clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,14 @@ demo: setup
 			--config_file "['configs/train.yaml','configs/evaluate.yaml']" $(DEMO_ARGS) --method $$method) || exit 1; \
 	done
 	$(PY) bundle/scripts/protocol/compare.py bundle/runs/demo_$(DATASET)/eval
+
+# One accuracy table of the protocol as resumable jobs (bundle/scripts/runner/README.md):
+#   make accuracy TABLE=chaost2_s1 [ONLY=pattern] [MAX_JOBS=1] [STEPS=3000]
+# (STEPS counts only when given on the command line: the demo's default is not the table's budget)
+accuracy: setup
+	@test -n "$(TABLE)" || { echo "set TABLE=chaost2_s1|chaost2_s2|cmr|chaost2_ablation"; exit 2; }
+	cd bundle && $(PY) -m scripts.runner run --table $(TABLE) $(if $(ONLY),--only '$(ONLY)',) \
+		$(if $(MAX_JOBS),--max-jobs $(MAX_JOBS),) $(if $(filter command line,$(origin STEPS)),--steps $(STEPS),)
 
 clean:
 	rm -rf $(VENV) .cache .data bundle/runs

@@ -93,6 +93,10 @@ def test_workflows_have_the_properties_monai_expects(trained, phantom_dir, tmp_p
                            query_images=[str(phantom_dir / "image_2.nii.gz")])
     infer.initialize()
     assert infer.check_properties() == []
+    evaluate = ConfigWorkflow(config_file=[TRAIN, EVALUATE], meta_file=META, workflow_type="infer",
+                              **quick_args(phantom_dir, trained[0]))
+    evaluate.initialize()
+    assert evaluate.check_properties() == []
 
 
 def test_interrupted_training_resumes_with_its_optimizer_and_schedule(phantom_dir, tmp_path):

@@ -10,8 +10,10 @@ Across patients registration can fail outright: ITK raises (e.g. every sample ma
 moving image) or the result has lost the overlap (DESIGN.md: a B-spline stage driven by Mattes MI
 did so on a CHAOS slice pair). A failed B-spline falls back to the affine result, a failed affine
 to the identity (which is `support_copy`), and `fallback_counts` counts each, so a report can say
-how often the baseline was in fact something weaker. Cost: about 0.1-0.2 s per slice pair on one
-core with the defaults (registration at half resolution, few iterations, one ITK thread).
+how often the baseline was in fact something weaker. Cost: about 0.25 s per slice pair on one
+core with the defaults (0.1 s for the affine stage alone; registration at quarter and half
+resolution, few iterations, one ITK thread). The correlation metric is the default because it beat
+Mattes MI on CHAOST2 EP1 pairs (bench/results/baselines_2026-11-26.md says which).
 """
 
 from __future__ import annotations

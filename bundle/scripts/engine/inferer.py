@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ def segment_volume(method, support_image: np.ndarray, support_label: np.ndarray,
                    support_slices=None) -> Segmentation:
     """Segment every slice of ``query_image`` (D, H, W) in slice space for every organ of ``labels``
     (default: every value present in the support label, named by its value)."""
+    from scripts.data.volumes import present_values
+
     support_image = np.asarray(support_image, dtype=np.float32)
     support_label = np.asarray(support_label)
     query_image = np.asarray(query_image, dtype=np.float32)
@@ -67,7 +70,7 @@ def segment_volume(method, support_image: np.ndarray, support_label: np.ndarray,
         keep = np.zeros(support_label.shape[0], dtype=bool)
         keep[np.asarray(list(support_slices), dtype=int)] = True
         support_label = np.where(keep[:, None, None], support_label, 0)
-    present = [int(v) for v in np.unique(support_label) if v != 0]
+    present = present_values(support_label)
     if not present:
         raise SupportError("the support label has no labelled slice: label the organ on at least one slice")
     if labels is None:
@@ -76,18 +79,23 @@ def segment_volume(method, support_image: np.ndarray, support_label: np.ndarray,
     if absent:
         raise SupportError(f"labels {absent} are not in the support label (present values: {present})")
 
-    query_latents = None
-    if hasattr(method, "encode_images_cached"):
-        query_latents = method.encode_images_cached(query_image)  # encoded once for every organ
     names, scores, masks = list(labels), [], []
+    plans = {}
+    for name in names:
+        support_z = labelled_slices(support_label, labels[name])
+        plans[name] = (support_z, *nearest_support_episodes(
+            support_z, support_label.shape[0], query_image.shape[0], max_shots, same_volume
+        ))
+    latents = _shared_latents(method, support_image, query_image, same_volume, [p[1] for p in plans.values()])
     result = Segmentation(label=np.zeros(query_image.shape, np.int32), labels=dict(labels))
     for name in names:
         value = labels[name]
-        support_z = labelled_slices(support_label, value)
-        episodes, query_episode = nearest_support_episodes(
-            support_z, support_label.shape[0], query_image.shape[0], max_shots, same_volume
-        )
-        kwargs = {"query_latents": query_latents} if query_latents is not None else {}
+        support_z, episodes, query_episode = plans[name]
+        kwargs = {}
+        if latents is not None:  # encoded once for every organ and every episode sharing a slice
+            query_latents, support_pool, pool_z = latents
+            rows = torch.as_tensor(np.searchsorted(pool_z, episodes.reshape(-1)), device=support_pool.device)
+            kwargs = {"query_latents": query_latents, "support_latents": support_pool.index_select(0, rows)}
         organ_scores = method.predict_scores(
             support_image[episodes], (support_label[episodes] == value).astype(np.float32),
             query_image, query_episode, **kwargs,
@@ -103,6 +111,21 @@ def segment_volume(method, support_image: np.ndarray, support_label: np.ndarray,
         merged[drawn] = np.where(chosen[drawn], support_label[drawn], 0)
     result.label = merged
     return result
+
+
+def _shared_latents(method, support_image, query_image, same_volume, episode_sets):
+    """(query latents, support latents of the slices used, their slice indices) through the
+    method's content-keyed cache, or None for a method without one. Every support slice is encoded
+    once per call (several organs and overlapping K-shot episodes share slices) and, like the query,
+    not again on a repeated call; in the same-volume case the supports are rows of the query's."""
+    if not hasattr(method, "encode_images_cached"):
+        return None
+
+    query_latents = method.encode_images_cached(query_image)
+    if same_volume and (support_image is query_image or np.array_equal(support_image, query_image)):
+        return query_latents, query_latents, np.arange(query_image.shape[0])
+    used = np.unique(np.concatenate([e.reshape(-1) for e in episode_sets]))
+    return query_latents, method.encode_images_cached(support_image[used]), used
 
 
 def merge_organs(scores: np.ndarray, masks: np.ndarray, values: list[int]) -> np.ndarray:

@@ -130,16 +130,23 @@ class FewShotSegmenter(nn.Module):
 
     # ---- the method interface (protocol, bundle inference, MONAI Label) -------------------------
     @torch.no_grad()
-    def predict_scores(self, support_images, support_masks, query_images, query_episode, query_latents=None):
+    def predict_scores(self, support_images, support_masks, query_images, query_episode, query_latents=None,
+                       support_latents=None):
         """support_images/support_masks (E, K, H, W), query_images (Q, H, W), query_episode (Q,)
-        -> scores (Q, H, W) float32 in about [-1, 1]; one support pass serves every query slice."""
+        -> scores (Q, H, W) float32 in about [-1, 1]; one support pass serves every query slice.
+        ``query_latents`` (Q, C, h, w) / ``support_latents`` (E*K, C, h, w): latents already encoded
+        (the inferer's cache), so no slice is encoded twice."""
         support_images = np.asarray(support_images, dtype=np.float32)
         support_masks = np.asarray(support_masks, dtype=np.float32)
         episodes, shots = support_images.shape[:2]
         if support_masks.reshape(episodes * shots, -1).max(axis=1).min() <= 0:
             raise EmptySupportError("a support mask is empty: label the organ on every support slice used")
         flat = torch.as_tensor(support_images.reshape(episodes * shots, 1, *support_images.shape[2:]))
-        support_latent = self.encode_images(flat)
+        if support_latents is None:
+            support_latent = self.encode_images(flat)
+        else:
+            support_latent = torch.as_tensor(support_latents).to(self.device, torch.float32)
+            support_latent = support_latent.reshape(episodes * shots, *support_latent.shape[-3:])
         support_mask = torch.as_tensor(support_masks.reshape(flat.shape)).to(self.device)
         support_image = flat.to(self.device) if getattr(self.net.visual_encoder, "needs_images", False) else None
         if query_latents is None:

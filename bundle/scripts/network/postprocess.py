@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 THRESHOLD_MODES = ("absolute", "relative")
+
+# 8-connectivity inside a slice and none across slices: labelling a (Q, H, W) stack with it in one
+# call gives every slice's components exactly as a 2D labelling per slice would.
+_IN_PLANE_8 = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE_8[1] = True
 
 
 def threshold_scores(scores: np.ndarray, threshold: float, mode: str = "absolute") -> np.ndarray:
@@ -21,12 +25,28 @@ def threshold_scores(scores: np.ndarray, threshold: float, mode: str = "absolute
 
 
 def keep_largest_component_per_slice(masks: np.ndarray) -> np.ndarray:
-    """(Q, H, W) bool -> the largest 8-connected component of each slice (MONAI's transform)."""
-    from monai.transforms import KeepLargestConnectedComponent
+    """(Q, H, W) bool -> the largest 8-connected component of each slice.
 
-    keep = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False, connectivity=2)
-    out = np.zeros_like(masks, dtype=bool)
-    for index, mask in enumerate(masks):
-        if mask.any():
-            out[index] = np.asarray(keep(torch.as_tensor(mask[None].astype(np.uint8))))[0] > 0
-    return out
+    The result of MONAI's ``KeepLargestConnectedComponent(connectivity=2)`` applied to every slice
+    (tests/test_speed_paths.py checks it), computed with one labelling of the whole stack under a
+    2D-only structure instead of one transform call per slice (~25 ms each, ~1 s per organ on 40
+    slices): components never cross slices, so each slice's labels form one contiguous range and
+    the largest of each range is picked from one ``bincount``. Ties between equally large largest
+    components (which MONAI leaves to its sort) keep the first in raster order."""
+    from scipy import ndimage
+
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ValueError(f"expected (Q, H, W) masks, got shape {masks.shape}")
+    labels, count = ndimage.label(masks, structure=_IN_PLANE_8)
+    if count == 0:
+        return masks.copy()
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    # labels are numbered in raster order, so slice z holds the range (last of z-1, last of z]
+    last = np.maximum.accumulate(labels.reshape(len(masks), -1).max(axis=1))
+    first = np.concatenate([[1], last[:-1] + 1])
+    keep = np.zeros(count + 1, dtype=bool)
+    for start, stop in zip(first, last + 1):
+        if stop > start:  # a slice with components: its largest (the first of equal ones)
+            keep[start + int(np.argmax(sizes[start:stop]))] = True
+    return keep[labels]

@@ -121,7 +121,9 @@ def build_segmenter(checkpoint: str | Path | None = None, device: str | torch.de
         keep_largest=config["keep_largest"], dice_weight=config["dice_weight"],
     )
     segmenter.config = config
-    segmenter.unet_config = dict(unet.config)
+    # diffusers' private bookkeeping (e.g. `_use_default_values`, in hash-seed order) would make
+    # identical weights save to different bytes: keep only the architecture
+    segmenter.unet_config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
     if state is not None:
         load_trainable_state(segmenter, state, source=str(checkpoint))
     return segmenter.to(device)

@@ -26,7 +26,8 @@ from .matching import SliceEpisodes, ep1_episodes, in_volume_episodes, no_oracle
 from .metrics import case_metrics
 from .report import write_report
 
-__all__ = ["FewShotMethod", "MODES", "episodes_for", "predict_case", "run_protocol", "evaluate_and_report"]
+__all__ = ["FewShotMethod", "MODES", "episodes_for", "predict_case", "protocol_cases", "evaluate_case", "run_protocol",
+           "evaluate_and_report"]
 
 MODES = ("ep1", "in_volume", "no_oracle")
 
@@ -80,6 +81,41 @@ def _scored_only(mask: np.ndarray, scored_z: np.ndarray) -> np.ndarray:
     return mask & keep[:, None, None]
 
 
+def protocol_cases(volumes: Sequence, labels: dict[str, int], mode: str = "ep1", shots: int = 1,
+                   n_folds: int = 5, folds: Sequence[int] | None = None, support_index: int = 0) -> list[dict]:
+    """Every (fold, organ, query volume) case of the protocol, as plain dicts (a dataset of cases)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    pids = [str(v.pid) for v in volumes]
+    if len(set(pids)) != len(pids):
+        raise ValueError("volumes have duplicate pids")
+    all_folds = make_folds(pids, n_folds)
+    chosen = range(len(all_folds)) if folds is None else list(folds)
+    cases = []
+    for f in chosen:
+        if not 0 <= f < len(all_folds):
+            raise ValueError(f"fold {f} does not exist ({len(all_folds)} folds)")
+        fold = all_folds[f]
+        sup_pid = support_pid(fold, support_index)
+        queries = list(fold) if mode == "in_volume" else [p for p in fold if p != sup_pid]
+        for organ, value in labels.items():
+            for q_pid in queries:
+                cases.append({"mode": mode, "fold": f, "organ": organ, "label_value": int(value), "shots": shots,
+                              "support_pid": q_pid if mode == "in_volume" else sup_pid, "query_pid": q_pid})
+    return cases
+
+
+def evaluate_case(method: FewShotMethod, by_pid: dict, case: dict, distances: bool = True) -> dict:
+    """One case: gather its episodes, predict, score the scored slices in 3D; returns its record."""
+    query, support = by_pid[case["query_pid"]], by_pid[case["support_pid"]]
+    value = case["label_value"]
+    episodes = episodes_for(case["mode"], support, query, value, case["shots"])
+    pred = _scored_only(predict_case(method, support, query, value, episodes), episodes.scored_z)
+    gt = _scored_only(np.asarray(query.label) == value, episodes.scored_z)
+    return {**case, **case_metrics(pred, gt, tuple(query.spacing), distances=distances),
+            "n_scored": int(episodes.scored_z.size), "n_segmented": int(episodes.query_z.size)}
+
+
 def run_protocol(method: FewShotMethod, volumes: Sequence, labels: dict[str, int], mode: str = "ep1",
                  shots: int = 1, n_folds: int = 5, folds: Sequence[int] | None = None,
                  support_index: int = 0, progress: Callable[[str], None] | None = None,
@@ -90,39 +126,17 @@ def run_protocol(method: FewShotMethod, volumes: Sequence, labels: dict[str, int
     Returns one record per (fold, query volume, organ) with Dice, TP/FP/FN, HD95 and ASSD (mm),
     the number of scored and segmented slices, and the mode.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     by_pid = {str(v.pid): v for v in volumes}
-    if len(by_pid) != len(volumes):
-        raise ValueError("volumes have duplicate pids")
-    all_folds = make_folds(by_pid, n_folds)
-    chosen = range(len(all_folds)) if folds is None else list(folds)
     records = []
-    for f in chosen:
-        if not 0 <= f < len(all_folds):
-            raise ValueError(f"fold {f} does not exist ({len(all_folds)} folds)")
-        fold = all_folds[f]
-        sup_pid = support_pid(fold, support_index)
-        queries = list(fold) if mode == "in_volume" else [p for p in fold if p != sup_pid]
-        for organ, value in labels.items():
-            for q_pid in queries:
-                query = by_pid[q_pid]
-                support = query if mode == "in_volume" else by_pid[sup_pid]
-                t0 = time.perf_counter()
-                episodes = episodes_for(mode, support, query, value, shots)
-                pred = _scored_only(predict_case(method, support, query, value, episodes),
-                                    episodes.scored_z)
-                gt = _scored_only(np.asarray(query.label) == value, episodes.scored_z)
-                rec = {"mode": mode, "fold": f, "support_pid": support.pid, "query_pid": q_pid,
-                       "organ": organ, "label_value": int(value), "shots": shots,
-                       **case_metrics(pred, gt, tuple(query.spacing), distances=distances),
-                       "n_scored": int(episodes.scored_z.size), "n_segmented": int(episodes.query_z.size)}
-                records.append(rec)
-                if progress is not None:
-                    dice = "undefined" if rec["dice"] is None else f"{100 * rec['dice']:.1f}"
-                    progress(f"{getattr(method, 'name', 'method')} {mode} fold {f} {organ} "
-                             f"support {support.pid} query {q_pid}: Dice {dice} "
-                             f"({rec['n_segmented']} slices, {time.perf_counter() - t0:.1f} s)")
+    for case in protocol_cases(volumes, labels, mode, shots, n_folds, folds, support_index):
+        t0 = time.perf_counter()
+        rec = evaluate_case(method, by_pid, case, distances)
+        records.append(rec)
+        if progress is not None:
+            dice = "undefined" if rec["dice"] is None else f"{100 * rec['dice']:.1f}"
+            progress(f"{getattr(method, 'name', 'method')} {mode} fold {rec['fold']} {rec['organ']} "
+                     f"support {rec['support_pid']} query {rec['query_pid']}: Dice {dice} "
+                     f"({rec['n_segmented']} slices, {time.perf_counter() - t0:.1f} s)")
     return records
 
 

@@ -1,0 +1,246 @@
+"""A table's independent jobs, where each keeps its files, and the bundle commands it runs.
+
+One job = one (row, label group, fold) of a table: train the network through the bundle's
+training workflow (baselines skip this), then evaluate it through the evaluate workflow in every
+protocol mode. Jobs of different rows or tables that need the same training (same dataset,
+setting, group, fold, training shots, label source, network keys, steps and seed) share one run
+folder, so it is trained once and resumed from its checkpoints wherever it stopped.
+
+Where things go (`Workspace`):
+  <home>/runs/<training key>/     output_dir of the training workflow: checkpoints/, model.pt
+  <home>/eval/<table>/<job>/      eval_dir of the job: <mode>/results.json
+  <home>/latents/<dataset>/       the latent cache, shared by every job of a dataset
+  <home>/logs/<table>/<job>.log   the commands' output
+  <home>/state/<table>/           job locks (pid inside), runner pid files
+  <results>/<table>/<job>.json    the finished job's result (the only file that belongs in git)
+<home> is ``$SDFSMIS_RUNNER_HOME`` or ``~/.cache/sdfsmis``: outside the work tree, best effort.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .tables import Table
+
+__all__ = ["Job", "Workspace", "expand", "expand_rows", "select", "train_command", "evaluate_command", "REPO", "BUNDLE"]
+
+BUNDLE = Path(__file__).resolve().parents[2]
+REPO = BUNDLE.parent
+TRAIN_CONFIG = "configs/train.yaml"
+EVALUATE_CONFIGS = "['configs/train.yaml','configs/evaluate.yaml']"
+NETWORK_METHODS = ("sdfsmis",)
+_ROW_KEYS = ("method", "label", "setting", "exclusion_rule", "shots", "train_shots", "label_source", "preset",
+             "autoencoder", "use_qe", "use_vtct", "use_support_kv")
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything that decides a job's numbers; ``config()`` is what its result file records."""
+
+    table: str
+    dataset: str
+    dataset_dir: str
+    group: tuple[str, ...]
+    fold: int
+    n_folds: int
+    method: str
+    label: str
+    shots: int = 1
+    seed: int = 0
+    modes: tuple[str, ...] = ("ep1", "in_volume", "no_oracle")
+    # training only (None for baselines)
+    setting: int | None = None
+    exclusion_rule: str | None = None
+    train_shots: int | None = None
+    label_source: str | None = None
+    preset: str | None = None
+    autoencoder: str | None = None
+    use_qe: bool | None = None
+    use_vtct: bool | None = None
+    use_support_kv: bool | None = None
+    steps: int | None = None
+    overrides: tuple[tuple[str, object], ...] = field(default=())
+
+    @property
+    def trains(self) -> bool:
+        return self.method in NETWORK_METHODS
+
+    def _network_tag(self) -> str:
+        flags = "".join(f"-no{part}" for part, on in (("qe", self.use_qe), ("vtct", self.use_vtct),
+                                                      ("kv", self.use_support_kv)) if on is False)
+        setting = f"s{self.setting}" + (self.exclusion_rule if self.setting == 2 else "")
+        return f"{self.preset}-{self.autoencoder}{flags}_{setting}_{self.label_source}"
+
+    @property
+    def name(self) -> str:
+        """Unique within a table; readable enough for ``--only`` patterns."""
+        group = "-".join(self.group)
+        if not self.trains:
+            return f"{self.method}_{group}_{self.shots}shot_fold{self.fold}"
+        trained = "" if self.train_shots == self.shots else f"-t{self.train_shots}"
+        return f"{self.method}-{self._network_tag()}_{group}_{self.shots}shot{trained}_{self.steps}steps_fold{self.fold}"
+
+    @property
+    def train_key(self) -> str | None:
+        """The shared training run's folder name (None: nothing to train)."""
+        if not self.trains:
+            return None
+        extra = ""
+        if self.overrides:
+            blob = json.dumps(sorted(self.overrides), default=str).encode()
+            extra = "_x" + hashlib.sha256(blob).hexdigest()[:8]
+        folds = "" if self.n_folds == 5 else f"of{self.n_folds}"
+        return (f"{self.dataset}_{self._network_tag()}_{'-'.join(self.group)}_{self.train_shots}shot_"
+                f"{self.steps}steps_seed{self.seed}{extra}_fold{self.fold}{folds}")
+
+    def config(self) -> dict:
+        out = asdict(self)
+        out["group"] = list(self.group)
+        out["modes"] = list(self.modes)
+        out["overrides"] = dict(self.overrides)
+        return out
+
+
+def expand(table: Table, steps: int | None = None) -> list[Job]:
+    """The table's jobs, rows first (so 1-shot trainings precede the 3-shot rows that reuse them),
+    then groups, then folds. ``steps`` replaces the table's training budget for every job."""
+    jobs = [job for row in expand_rows(table, steps) for job in row]
+    names = [j.name for j in jobs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"table {table.name}: rows that make the same jobs: {duplicates}")
+    return jobs
+
+
+def expand_rows(table: Table, steps: int | None = None) -> list[list[Job]]:
+    """One list of jobs per row of the table (groups, then folds)."""
+    rows = []
+    for row in table.rows:
+        keys = {**table.defaults, **row}
+        unknown = set(keys) - set(_ROW_KEYS)
+        if unknown:
+            raise ValueError(f"table {table.name}: unknown row keys {sorted(unknown)}")
+        method = keys["method"]
+        shots = int(keys.get("shots", 1))
+        common = dict(table=table.name, dataset=table.dataset, dataset_dir=table.dataset_dir, n_folds=table.n_folds,
+                      method=method, label=keys.get("label", method), shots=shots, seed=table.seed,
+                      modes=tuple(table.modes), overrides=tuple(sorted(table.overrides.items())))
+        if method in NETWORK_METHODS:
+            common.update(setting=int(keys.get("setting", 1)),
+                          exclusion_rule=keys.get("exclusion_rule", "any"),
+                          train_shots=int(keys.get("train_shots", shots)),
+                          label_source=keys.get("label_source", "both"), preset=keys.get("preset", "compact"),
+                          autoencoder=keys.get("autoencoder", "taef2"), use_qe=bool(keys.get("use_qe", True)),
+                          use_vtct=bool(keys.get("use_vtct", True)),
+                          use_support_kv=bool(keys.get("use_support_kv", True)),
+                          steps=int(steps or table.steps))
+        rows.append([Job(group=tuple(group), fold=int(fold), **common) for group in table.groups for fold in table.folds])
+    return rows
+
+
+def select(jobs: list[Job], only: str | None) -> list[Job]:
+    """Jobs whose name matches any comma-separated pattern (fnmatch; a plain word is a substring)."""
+    if not only:
+        return list(jobs)
+    patterns = [p if any(c in p for c in "*?[") else f"*{p}*" for p in only.split(",") if p]
+    return [j for j in jobs if any(fnmatch.fnmatchcase(j.name, p) for p in patterns)]
+
+
+def _shared_default() -> Path:
+    return Path(os.environ.get("SDFSMIS_SHARED", REPO.parent / "shared"))
+
+
+def _home_default() -> Path:
+    return Path(os.environ.get("SDFSMIS_RUNNER_HOME", Path.home() / ".cache" / "sdfsmis"))
+
+
+@dataclass
+class Workspace:
+    home: Path = field(default_factory=_home_default)
+    results: Path = REPO / "results" / "accuracy"
+    shared: Path = field(default_factory=_shared_default)
+    bundle: Path = BUNDLE
+    python: str = sys.executable
+
+    def __post_init__(self):
+        self.home, self.results, self.shared, self.bundle = (Path(p).expanduser().resolve() for p in
+                                                             (self.home, self.results, self.shared, self.bundle))
+
+    def dataset_dir(self, job: Job) -> Path:
+        path = Path(job.dataset_dir)
+        return path if path.is_absolute() else self.shared / "data" / path
+
+    def autoencoder_path(self, job: Job) -> Path | None:
+        return None if job.autoencoder in (None, "unshuffle") else self.shared / "weights" / job.autoencoder
+
+    def train_dir(self, job: Job) -> Path | None:
+        return None if job.train_key is None else self.home / "runs" / job.train_key
+
+    def eval_dir(self, job: Job) -> Path:
+        return self.home / "eval" / job.table / job.name
+
+    def cache_dir(self, job: Job) -> Path:
+        return self.home / "latents" / job.dataset
+
+    def log_path(self, job: Job) -> Path:
+        return self.home / "logs" / job.table / f"{job.name}.log"
+
+    def lock_path(self, job: Job) -> Path:
+        return self.home / "state" / job.table / f"{job.name}.lock"
+
+    def runner_dir(self) -> Path:
+        return self.home / "state" / "runners"
+
+    def result_path(self, job: Job) -> Path:
+        return self.results / job.table / f"{job.name}.json"
+
+
+def _cli_value(value) -> str:
+    """How `python -m monai.bundle run` (python-fire) reads the value back: a plain string stays a
+    string, anything else is written as a Python literal."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, str):
+        return value
+    return repr(list(value) if isinstance(value, tuple) else value)
+
+
+def _args(pairs: dict) -> list[str]:
+    out = []
+    for key, value in pairs.items():
+        if value is not None:
+            out += [f"--{key}", _cli_value(value)]
+    return out
+
+
+def _data_args(job: Job, ws: Workspace) -> dict:
+    return dict(dataset=job.dataset, dataset_dir=ws.dataset_dir(job), test_labels=list(job.group), fold=job.fold,
+                n_folds=job.n_folds, seed=job.seed, cache_dir=ws.cache_dir(job))
+
+
+def train_command(job: Job, ws: Workspace) -> list[str]:
+    """``python -m monai.bundle run training`` with the job's keys (run from bundle/)."""
+    if not job.trains:
+        raise ValueError(f"{job.name}: a baseline has nothing to train")
+    keys = dict(_data_args(job, ws), setting=job.setting, exclusion_rule=job.exclusion_rule,
+                shots=job.train_shots, label_source=job.label_source, preset=job.preset,
+                autoencoder=job.autoencoder, autoencoder_path=ws.autoencoder_path(job), use_qe=job.use_qe,
+                use_vtct=job.use_vtct, use_support_kv=job.use_support_kv, steps=job.steps,
+                run_name=job.train_key, output_dir=ws.train_dir(job), **dict(job.overrides))
+    return [ws.python, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN_CONFIG, *_args(keys)]
+
+
+def evaluate_command(job: Job, ws: Workspace) -> list[str]:
+    """``python -m monai.bundle run evaluating`` in every mode of the job, on the fold it holds out.
+    The network is read from the run's final EMA weights (`<output_dir>/model.pt`); supervoxels are
+    not loaded (``label_source gt``: evaluation never reads them)."""
+    output_dir = ws.train_dir(job) if job.trains else ws.eval_dir(job)
+    keys = dict(_data_args(job, ws), shots=job.shots, method=job.method, modes=list(job.modes),
+                label_source="gt", output_dir=output_dir, eval_dir=ws.eval_dir(job), **dict(job.overrides))
+    return [ws.python, "-m", "monai.bundle", "run", "evaluating", "--config_file", EVALUATE_CONFIGS, *_args(keys)]

@@ -1,0 +1,115 @@
+"""The accuracy tables of the protocol, declared as data (issue #11).
+
+A table is a dataset, its test label groups (one model per group and fold), the folds, a training
+budget in steps (the same for every fold), and rows: the methods and variants to set side by side.
+`scripts.runner.jobs.expand` turns a table into independent jobs, one per (row, group, fold).
+
+Row keys (all optional except ``method``; unset keys take the table's ``defaults``, then the
+training workflow's own defaults):
+  method          sdfsmis | support_copy | registration (baselines train nothing)
+  label           the row's name in the tables
+  setting         1 | 2 (training data only: baselines ignore it)
+  exclusion_rule  any | all (Setting 2: `all` is the legacy '&' rule)
+  shots           shots at evaluation
+  train_shots     shots of the training episodes (default: ``shots``); the 3-shot rows evaluate the
+                  1-shot models, so they cost no training of their own
+  label_source    gt | supervoxel | both
+  preset, autoencoder, use_qe, use_vtct, use_support_kv   the network's keys (train.yaml)
+
+To add a table, add an entry to ``TABLES``; `python -m scripts.runner list --table NAME` shows its jobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Table", "TABLES", "get_table", "DEFAULT_STEPS"]
+
+DEFAULT_STEPS = 3000  # the compact U-Net on 2 CPU cores: ~30-40 min per fold (docs: DESIGN.md)
+ABDOMEN_GROUPS = (("liver", "spleen"), ("left_kidney", "right_kidney"))
+CARDIAC_GROUPS = (("lv_bp", "lv_myo", "rv"),)
+FIVE_FOLDS = (0, 1, 2, 3, 4)
+MODES = ("ep1", "in_volume", "no_oracle")
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    dataset: str                      # a preset of scripts.data.presets
+    dataset_dir: str                  # a folder under <shared>/data, or an absolute path
+    groups: tuple[tuple[str, ...], ...]
+    rows: tuple[dict, ...]
+    folds: tuple[int, ...] = FIVE_FOLDS
+    n_folds: int = 5
+    steps: int = DEFAULT_STEPS
+    seed: int = 0
+    modes: tuple[str, ...] = MODES
+    defaults: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)   # extra train.yaml keys for every command (tests)
+    notes: tuple[str, ...] = ()
+
+
+def network(label: str = "SD-FSMIS compact, TAEF2", **keys) -> dict:
+    """A row of the network: the compact U-Net on TAEF2 latents unless ``keys`` say otherwise."""
+    return {"method": "sdfsmis", "label": label, "preset": "compact", "autoencoder": "taef2", **keys}
+
+
+def baselines(**keys) -> tuple[dict, ...]:
+    return (dict(method="support_copy", label="support_copy", **keys),
+            dict(method="registration", label="registration", **keys))
+
+
+TABLES: dict[str, Table] = {t.name: t for t in (
+    Table(
+        name="chaost2_s1",
+        title="CHAOST2 (Abd-MRI), Setting 1, 1-shot and 3-shot",
+        dataset="chaost2", dataset_dir="CHAOST2", groups=ABDOMEN_GROUPS,
+        defaults=dict(setting=1, label_source="both"),
+        rows=(network(), *baselines(),
+              network("SD-FSMIS compact, TAEF2 (trained 1-shot)", shots=3, train_shots=1),
+              *baselines(shots=3)),
+    ),
+    Table(
+        name="chaost2_s2",
+        title="CHAOST2 (Abd-MRI), Setting 2 under both exclusion rules, 1-shot",
+        dataset="chaost2", dataset_dir="CHAOST2", groups=ABDOMEN_GROUPS,
+        defaults=dict(setting=2, label_source="both"),
+        rows=(network("SD-FSMIS compact, TAEF2, rule any (correct)", exclusion_rule="any"),
+              network("SD-FSMIS compact, TAEF2, rule all (legacy '&')", exclusion_rule="all"),
+              *baselines()),
+        notes=("Setting 2 drops every training slice that contains a test organ (rule `any`); the "
+               "legacy rule `all` drops only slices containing all of them, as the published S2 "
+               "numbers did. Baselines train nothing, so the setting does not change them.",),
+    ),
+    Table(
+        name="cmr",
+        title="CMR (Card-MRI bSSFP), Setting 1, supervoxel training, 1-shot",
+        dataset="cmr", dataset_dir="CMR", groups=CARDIAC_GROUPS,
+        defaults=dict(setting=1, label_source="supervoxel"),
+        rows=(network(), *baselines()),
+        notes=("Trained on supervoxel pseudo-labels only (no ground-truth mask), as the field "
+               "evaluates Card-MRI, so one model per fold serves all three classes.",),
+    ),
+    Table(
+        name="chaost2_ablation",
+        title="CHAOST2 Setting 1, liver and spleen: ablations and autoencoders, 1-shot",
+        dataset="chaost2", dataset_dir="CHAOST2", groups=ABDOMEN_GROUPS[:1],
+        defaults=dict(setting=1, label_source="both"),
+        rows=(network("full (TAEF2)"),
+              network("no QE", use_qe=False),
+              network("no VTCT", use_vtct=False),
+              network("no support K/V", use_support_kv=False),
+              network("TAESD autoencoder", autoencoder="taesd"),
+              network("pixel-unshuffle autoencoder", autoencoder="unshuffle"),
+              dict(method="support_copy", label="support_copy")),
+        notes=("The `full (TAEF2)` row is the same training as chaost2_s1's network row (shared "
+               "runs: it is trained once).",),
+    ),
+)}
+
+
+def get_table(name: str) -> Table:
+    if name not in TABLES:
+        raise ValueError(f"unknown table '{name}'; known: {', '.join(TABLES)}")
+    return TABLES[name]
