@@ -28,6 +28,51 @@ sys.path.insert(0, str(REPO / "monailabel_app"))
 os.environ.setdefault("MPLCONFIGDIR", str(REPO / ".cache" / "matplotlib"))
 
 
+def prepare_call(work: Path, depth: int = 40, organs: int = 1, size: int = 256, **model_keys):
+    """A 256x256x``depth`` phantom, a label drawn on 3 slices of each of ``organs`` organs (uploaded
+    as in Slicer's flow) and a ``compact`` checkpoint (``model_keys`` e.g. autoencoder='taef2').
+    Returns (the request, the checkpoint path)."""
+    import nibabel as nib
+    import numpy as np
+
+    import lib  # noqa: F401  (bundle/ on sys.path)
+    from scripts.data.phantoms import write_phantom_dataset
+    from scripts.network.presets import build_segmenter, save_checkpoint_file
+
+    work = Path(work)
+    image = work / "data" / "image_1.nii.gz"
+    if not image.is_file():
+        write_phantom_dataset(work / "data", n_volumes=1, size=size, depth=depth, seed=0)
+    label = np.asarray(nib.load(work / "data" / "label_1.nii.gz").dataobj).astype(np.int16)
+    drawn = np.zeros_like(label)
+    for value in range(1, organs + 1):
+        slices = [z for z in range(label.shape[2]) if (label[:, :, z] == value).any()]
+        for z in (slices[len(slices) // 4], slices[len(slices) // 2], slices[3 * len(slices) // 4]):
+            drawn[:, :, z] = np.where(label[:, :, z] == value, value, drawn[:, :, z])
+    upload = work / f"drawn_{organs}.nii.gz"
+    nib.save(nib.Nifti1Image(drawn, nib.load(image).affine), upload)
+    name = "_".join(f"{k}-{Path(str(v)).name}" for k, v in sorted(model_keys.items())) or "unshuffle"
+    checkpoint = work / f"compact_{name}.pt"
+    if not checkpoint.is_file():
+        save_checkpoint_file(build_segmenter(preset="compact", **model_keys), checkpoint)
+    return {"image": str(image), "label": str(upload)}, checkpoint
+
+
+def make_call(task, request: dict):
+    """One call of the task as the server makes it after the HTTP layer; returns its seconds."""
+    import nibabel as nib
+
+    def call() -> float:
+        t = time.perf_counter()
+        result_file, result = task(dict(request))
+        elapsed = time.perf_counter() - t
+        assert nib.load(result_file).shape == nib.load(request["image"]).shape
+        os.unlink(result_file)
+        return elapsed
+
+    return call
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -36,41 +81,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    import nibabel as nib
-    import numpy as np
     import torch
 
-    import lib  # noqa: F401  (bundle/ on sys.path)
     from lib.infers.fewshot import FewShotInfer, FewShotModel
-    from scripts.data.phantoms import write_phantom_dataset
-    from scripts.network.presets import build_segmenter, save_checkpoint_file
 
     work = Path(tempfile.mkdtemp(prefix="bench_monailabel_"))
     start = time.perf_counter()
-    write_phantom_dataset(work / "data", n_volumes=1, size=256, depth=args.depth, seed=0)
-    image = work / "data" / "image_1.nii.gz"
-    label = np.asarray(nib.load(work / "data" / "label_1.nii.gz").dataobj).astype(np.int16)
-    drawn = np.zeros_like(label)
-    for value in range(1, args.organs + 1):
-        slices = [z for z in range(label.shape[2]) if (label[:, :, z] == value).any()]
-        for z in (slices[len(slices) // 4], slices[len(slices) // 2], slices[3 * len(slices) // 4]):
-            drawn[:, :, z] = np.where(label[:, :, z] == value, value, drawn[:, :, z])
-    upload = work / "drawn.nii.gz"
-    nib.save(nib.Nifti1Image(drawn, nib.load(image).affine), upload)
-    checkpoint = work / "compact.pt"
-    save_checkpoint_file(build_segmenter(preset="compact"), checkpoint)
-    print(f"setup (phantom {nib.load(image).shape}, compact checkpoint): {time.perf_counter() - start:.1f}s")
-
+    request, checkpoint = prepare_call(work, depth=args.depth, organs=args.organs)
+    print(f"setup (phantom 256x256x{args.depth}, compact checkpoint): {time.perf_counter() - start:.1f}s")
     task = FewShotInfer(FewShotModel(checkpoint), device=args.device)
-    request = {"image": str(image), "label": str(upload)}
-
-    def call() -> float:
-        t = time.perf_counter()
-        result_file, result = task(dict(request))
-        elapsed = time.perf_counter() - t
-        assert nib.load(result_file).shape == nib.load(image).shape
-        os.unlink(result_file)
-        return elapsed
+    call = make_call(task, request)
 
     t = time.perf_counter()
     segmenter = task.model.get(args.device)

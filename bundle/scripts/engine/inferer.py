@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from scripts.data.volumes import present_values
+
 logger = logging.getLogger(__name__)
 
 
@@ -55,8 +57,6 @@ def segment_volume(method, support_image: np.ndarray, support_label: np.ndarray,
                    support_slices=None) -> Segmentation:
     """Segment every slice of ``query_image`` (D, H, W) in slice space for every organ of ``labels``
     (default: every value present in the support label, named by its value)."""
-    from scripts.data.volumes import present_values
-
     support_image = np.asarray(support_image, dtype=np.float32)
     support_label = np.asarray(support_label)
     query_image = np.asarray(query_image, dtype=np.float32)

@@ -18,6 +18,7 @@ from .autoencoders import LatentAutoencoder
 from .one_step import make_one_step_scheduler, mask_latent_from_output, training_target
 from .postprocess import keep_largest_component_per_slice, threshold_scores
 from .sdfsmis import SDFSMISNet
+from .speed import set_memory_format
 
 
 class EmptySupportError(ValueError):
@@ -67,7 +68,16 @@ class FewShotSegmenter(nn.Module):
             self.dice_weight, self.dice_sharpness, self.query_chunk, self._latent_cache_size,
         )
         other.config, other.unet_config = getattr(self, "config", {}), getattr(self, "unet_config", {})
+        set_memory_format(net, self.net.memory_format)
         return other
+
+    def set_channels_last(self, enabled: bool = True) -> "FewShotSegmenter":
+        """Run the U-Net and the autoencoders in NHWC (a speed lever on the CPU, ``speed.py``);
+        results are the same within rounding."""
+        memory_format = torch.channels_last if enabled else torch.contiguous_format
+        for part in {id(m): m for m in (self.net, self.autoencoder, self.mask_codec)}.values():
+            set_memory_format(part, memory_format)
+        return self
 
     # ---- latents -------------------------------------------------------------------------------
     @property

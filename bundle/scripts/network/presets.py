@@ -21,6 +21,7 @@ import torch
 from .autoencoders import PixelUnshuffleAutoencoder, WeightsError, _from_pretrained, build_autoencoder
 from .pipeline import FewShotSegmenter
 from .sdfsmis import SDFSMISNet
+from .speed import compile_unet, is_cpu
 from .vtct import build_visual_encoder
 
 UNET_SHAPES = {
@@ -73,6 +74,17 @@ def model_config(preset: str = "compact", **overrides) -> dict:
     return config
 
 
+BUNDLE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def resolve_weights_path(path: str | None) -> str | None:
+    """A relative weights folder is read from the working directory, else from the bundle root
+    (where ``large_files.yml`` puts ``weights/...``), so a shipped checkpoint names it portably."""
+    if not path or Path(path).is_absolute() or Path(path).exists():
+        return path
+    return str(BUNDLE_ROOT / path) if (BUNDLE_ROOT / path).exists() else path
+
+
 def build_unet(config: dict, latent_channels: int, mask_channels: int, unet_config: dict | None = None):
     """The diffusers U-Net: pretrained (``sd15``), or a fresh one of the preset's shape, or one
     rebuilt from a checkpoint's stored config (weights then come from the checkpoint)."""
@@ -95,15 +107,21 @@ def build_unet(config: dict, latent_channels: int, mask_channels: int, unet_conf
     ), False
 
 
-def build_segmenter(checkpoint: str | Path | None = None, device: str | torch.device = "cpu", **keys) -> FewShotSegmenter:
-    """Build from configuration keys, or from a checkpoint (its stored config, overridable)."""
+def build_segmenter(checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
+                    channels_last: bool | None = None, compile: bool = False, **keys) -> FewShotSegmenter:
+    """Build from configuration keys, or from a checkpoint (its stored config, overridable).
+
+    ``channels_last`` and ``compile`` are runtime levers (``speed.py``), not part of the model: they
+    change how fast it runs, not what it computes. ``channels_last=None``: on where it pays (CPU)."""
     state, unet_config = None, None
     if checkpoint is not None:
         stored = load_checkpoint_file(checkpoint)
         state, unet_config = stored["state_dict"], stored["unet_config"]
         keys = {**stored["config"], **{k: v for k, v in keys.items() if v is not None}}
     config = model_config(**keys)
-    autoencoder = build_autoencoder(config["autoencoder"], config["autoencoder_path"], config["local_files_only"])
+    autoencoder = build_autoencoder(
+        config["autoencoder"], resolve_weights_path(config["autoencoder_path"]), config["local_files_only"]
+    )
     mask_codec = autoencoder if config["mask_codec"] == "autoencoder" else PixelUnshuffleAutoencoder()
     if config["mask_codec"] not in ("autoencoder", "unshuffle"):
         raise ValueError(f"mask_codec must be 'autoencoder' or 'unshuffle', got {config['mask_codec']!r}")
@@ -126,7 +144,12 @@ def build_segmenter(checkpoint: str | Path | None = None, device: str | torch.de
     segmenter.unet_config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
     if state is not None:
         load_trainable_state(segmenter, state, source=str(checkpoint))
-    return segmenter.to(device)
+    segmenter = segmenter.to(device)
+    if channels_last if channels_last is not None else is_cpu(device):
+        segmenter.set_channels_last(True)
+    if compile:
+        compile_unet(segmenter.net)
+    return segmenter
 
 
 def trainable_state(segmenter: FewShotSegmenter) -> dict:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .kv_bank import READ, WRITE, SupportBank, install_support_query_attention
 from .one_step import TIMESTEP
 from .qe import QueryEnhancement
+from .speed import as_format
 from .vtct import ConditionTranslator
 
 
@@ -76,6 +77,7 @@ class SDFSMISNet(nn.Module):
         self.qe = QueryEnhancement() if use_qe else None
         self.visual_encoder = visual_encoder
         self.vtct = ConditionTranslator(visual_encoder.out_channels, unet.config.cross_attention_dim, tokens=context_tokens)
+        self.memory_format = torch.contiguous_format  # speed.set_memory_format: channels_last on the CPU
 
     @property
     def context_dim(self) -> int:
@@ -115,13 +117,14 @@ class SDFSMISNet(nn.Module):
         context = self.context(support_latent, support_mask, shots, support_image)
         bank = SupportBank(shots=shots, query_episode=query_episode)
         if self.use_support_kv:
-            support_input = self.conv_in_ref(torch.cat([support_latent, support_mask_latent], dim=1))
+            support_input = self.conv_in_ref(as_format(torch.cat([support_latent, support_mask_latent], dim=1),
+                                                       self.memory_format))
             self._unet(support_input, context.repeat_interleave(shots, dim=0), bank, WRITE)
         query_parts = [query_latent]
         if self.qe is not None:
             mask_small = F.adaptive_avg_pool2d(support_mask.float(), support_latent.shape[-2:])
             query_parts.append(self.qe(support_latent, mask_small, query_latent, query_episode, shots))
-        query_input = self.conv_in(torch.cat(query_parts, dim=1))
+        query_input = self.conv_in(as_format(torch.cat(query_parts, dim=1), self.memory_format))
         # The bank is not cleared here: a checkpointed query pass re-reads it during backward; it is
         # freed with the autograd graph that holds it.
         return self._unet(query_input, context[query_episode], bank, READ if self.use_support_kv else None)

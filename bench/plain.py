@@ -1,0 +1,65 @@
+"""The plain path, for side-by-side timing: how the product ran before issue #10's levers.
+
+``plain_path(*segmenters)`` makes the given segmenters (and the module functions they call) run as
+before, for the duration of a block, and restores the levers afterwards:
+- the largest component per slice through MONAI's ``KeepLargestConnectedComponent``, one call per slice;
+- the inferer's label values through ``np.unique`` (a sort of every voxel);
+- fp32 in the standard (NCHW) memory format, no ``channels_last``;
+- every organ re-encodes its support slices (the inferer's support latents are ignored).
+The levers themselves are product code (``scripts.network.speed``, ``postprocess``, ``inferer``);
+nothing here is used outside the benches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+
+def monai_largest_component_per_slice(masks: np.ndarray) -> np.ndarray:
+    from monai.transforms import KeepLargestConnectedComponent
+
+    keep = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False, connectivity=2)
+    out = np.zeros_like(masks, dtype=bool)
+    for index, mask in enumerate(masks):
+        if mask.any():
+            out[index] = np.asarray(keep(torch.as_tensor(mask[None].astype(np.uint8))))[0] > 0
+    return out
+
+
+def unique_values(label: np.ndarray) -> list[int]:
+    return [int(v) for v in np.unique(label) if v != 0]
+
+
+@contextlib.contextmanager
+def plain_path(*segmenters):
+    import scripts.engine.inferer as inferer
+    import scripts.network.pipeline as pipeline
+
+    saved = pipeline.keep_largest_component_per_slice, inferer.present_values
+    formats = [s.net.memory_format for s in segmenters]
+    pipeline.keep_largest_component_per_slice = monai_largest_component_per_slice
+    inferer.present_values = unique_values
+    for segmenter in segmenters:
+        segmenter.set_channels_last(False)
+        predict = type(segmenter).predict_scores.__get__(segmenter)
+
+        def without_support_latents(*args, _predict=predict, **kwargs):
+            kwargs.pop("support_latents", None)
+            return _predict(*args, **kwargs)
+
+        segmenter.predict_scores = without_support_latents
+    try:
+        yield
+    finally:
+        pipeline.keep_largest_component_per_slice, inferer.present_values = saved
+        for segmenter, memory_format in zip(segmenters, formats):
+            del segmenter.predict_scores
+            segmenter.set_channels_last(memory_format == torch.channels_last)
+
+
+@contextlib.contextmanager
+def ours():
+    yield

@@ -1,0 +1,85 @@
+"""Runtime levers: how the network runs, never what it computes (issue #10).
+
+Each lever keeps the fp32 result within rounding (``tests/test_speed_paths.py`` compares every one
+with the plain path) and is measured side by side with the plain path by ``bench/bench_cpu.py``
+(tables in ``bench/results/cpu_*.md``) and, on a GPU, ``bench/gpu_bench.py``.
+
+- ``channels_last``: oneDNN's NHWC convolutions; on by default on the CPU (``build_segmenter``),
+  where the compact U-Net and TAEF2's encoder are convolution-bound.
+- ``torch.compile`` (inductor): optional, off by default. It needs a C++ compiler at run time and
+  its compilation (minutes on 2 cores) outweighs what it saves on a few-shot call; ``compile_unet``
+  falls back to eager, with a log line, where it cannot compile.
+- Threads: torch's default (one intra-op thread per core, ``torch.get_num_threads()``) is what
+  pays; ``cpu_threads`` only restores it where something lowered it, and leaves an explicit
+  ``OMP_NUM_THREADS`` alone.
+- Fused AdamW (``adamw_options``): one kernel over all parameters instead of a few per tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+
+def is_cpu(device) -> bool:
+    return torch.device(device).type == "cpu"
+
+
+def as_format(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """A 4D tensor in ``memory_format`` (no copy when it already is); other tensors unchanged."""
+    return x.contiguous(memory_format=memory_format) if x.dim() == 4 else x
+
+
+def set_memory_format(module: nn.Module, memory_format: torch.memory_format) -> nn.Module:
+    """Convert a module's 4D weights and record the format its inputs are given in."""
+    module.to(memory_format=memory_format)
+    module.memory_format = memory_format
+    return module
+
+
+def cpu_threads() -> int:
+    """One intra-op thread per usable core, unless ``OMP_NUM_THREADS`` says otherwise."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if torch.get_num_threads() != cores:
+            torch.set_num_threads(cores)
+    return torch.get_num_threads()
+
+
+def compiler_available() -> bool:
+    """inductor's CPU backend builds C++ at run time."""
+    return any(shutil.which(name) for name in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++"))
+
+
+def compile_unet(net: nn.Module, **options) -> bool:
+    """Compile the U-Net of an ``SDFSMISNet`` in place (its state-dict keys stay the same). Returns
+    whether it is compiled; where it cannot be (no C++ compiler on a CPU, no inductor), it stays
+    eager and says so. ``options`` go to ``torch.compile`` (e.g. ``mode``, ``dynamic``)."""
+    device = next(net.parameters()).device
+    if device.type == "cpu" and not compiler_available():
+        logger.warning("torch.compile asked for, but no C++ compiler is on PATH: the U-Net runs eager")
+        return False
+    try:
+        net.unet.compile(**options)
+    except Exception as error:  # an old torch, a backend that is missing: eager still works
+        logger.warning("torch.compile failed (%s: %s): the U-Net runs eager", type(error).__name__, error)
+        return False
+    logger.info("U-Net compiled with torch.compile%s: its first calls compile (minutes on 2 CPU cores)",
+                f" {options}" if options else "")
+    return True
+
+
+def adamw_options(device) -> dict:
+    """Extra ``torch.optim.AdamW`` keywords for ``device``: the fused kernel where torch has it."""
+    try:
+        probe = nn.Parameter(torch.zeros(1, device=device))
+        torch.optim.AdamW([probe], fused=True).step()
+        return {"fused": True}
+    except (RuntimeError, TypeError, ValueError):
+        return {}
