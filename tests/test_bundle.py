@@ -191,3 +191,14 @@ def test_two_process_ddp_training_on_cpu(phantom_dir, tmp_path):
     assert (tmp_path / "model.pt").is_file()
     assert proc.stdout.count("val_mean_dice:") >= 2  # rank 0 logs each epoch's validation
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2  # rank 0's trainer and evaluator only
+
+
+def test_docs_figures_are_drawn_from_a_run(trained, phantom_dir, tmp_path):
+    from scripts.docs.figures import main
+
+    out, _ = trained
+    main(["--run", str(out), "--dataset", "phantom", "--dataset_dir", str(phantom_dir), "--support", "1",
+          "--query", "2", "--organ", "liver", "--out", str(tmp_path)])
+    for name in ("training_curve.png", "overlay_liver.png"):
+        png = (tmp_path / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
