@@ -21,7 +21,7 @@ export PIP_BUILD_CONSTRAINT := $(CURDIR)/requirements/constraints.txt
 export SAM2_BUILD_CUDA := 0
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 
-.PHONY: setup test demo accuracy clean
+.PHONY: setup test demo accuracy gpu clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,12 @@ accuracy: setup
 	@test -n "$(TABLE)" || { echo "set TABLE=chaost2_s1|chaost2_s2|cmr|chaost2_ablation"; exit 2; }
 	cd bundle && $(PY) -m scripts.runner run --table $(TABLE) $(if $(ONLY),--only '$(ONLY)',) \
 		$(if $(MAX_JOBS),--max-jobs $(MAX_JOBS),) $(if $(filter command line,$(origin STEPS)),--steps $(STEPS),)
+
+# The prepared GPU command (bench/gpu_bench.py): the machine's own python3 and torch, the wheels and
+# data of .gpu_pack/ (made here by `bash bench/gpu_pack.sh`); no venv, no CPU pins. OUT: results.
+OUT ?= bench/results/gpu
+gpu:
+	$(PYTHON) bench/gpu_bench.py --out $(OUT) --pack $(CURDIR)/.gpu_pack
 
 clean:
 	rm -rf $(VENV) .cache .data bundle/runs

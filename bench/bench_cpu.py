@@ -249,7 +249,7 @@ def training_rows(bench: Bench, work: Path, args) -> None:
     from scripts.data.volumes import load_volume
     from scripts.engine.training import EpisodeIteration, EpisodeObjective, build_ema, parameter_groups
     from scripts.network.presets import build_segmenter
-    from scripts.network.speed import adamw_options
+    from scripts.network.speed import adamw_options, default_channels_last
 
     request, _ = prepare_call(work, depth=args.depth, organs=1)
     volume = load_volume(request["image"], Path(request["image"]).with_name("label_1.nii.gz"))
@@ -264,10 +264,11 @@ def training_rows(bench: Bench, work: Path, args) -> None:
 
     def trainer(levers: bool, compiled: bool = False):
         torch.manual_seed(0)
-        segmenter = build_segmenter(preset="compact", channels_last=None if levers else False,
+        # as train.yaml builds it (ours), or as before the levers (plain)
+        segmenter = build_segmenter(preset="compact", channels_last=levers and default_channels_last("cpu", True),
                                     compile=compiled)
-        if levers:
-            segmenter.set_channels_last(TRAIN_CHANNELS_LAST)
+        if not levers:
+            segmenter.set_channels_last(False)
         cache = LatentCache(segmenter.encode_images, "unshuffle").add_volumes([volume])
         options = adamw_options("cpu") if levers else {}
         optimizer = torch.optim.AdamW(parameter_groups(segmenter, 2e-4, 1e-3), weight_decay=0.01, **options)
@@ -295,9 +296,6 @@ def training_rows(bench: Bench, work: Path, args) -> None:
         bench.add("e-compile", "e with the U-Net under torch.compile (inductor), not used by default",
                   None, times, "", f"first step (compilation) {compile_seconds:.0f} s; pays back after "
                   f"{pays_after:.0f} steps" if saved > 0 else f"first step {compile_seconds:.0f} s; no gain")
-
-
-TRAIN_CHANNELS_LAST = False  # set from speed.TRAINING_CHANNELS_LAST below when it exists
 
 
 def memory_rows(bench: Bench, work: Path, args) -> None:
@@ -408,10 +406,6 @@ def main() -> None:
 
     import torch
 
-    global TRAIN_CHANNELS_LAST
-    from scripts.network import speed
-
-    TRAIN_CHANNELS_LAST = getattr(speed, "TRAINING_CHANNELS_LAST", False)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     bench = Bench(pids_from(args.pause_pid), args.repeats)
     bench.sgemm_gflops = sgemm_rate(bench.pids)

@@ -4,7 +4,7 @@
 before, for the duration of a block, and restores the levers afterwards:
 - the largest component per slice through MONAI's ``KeepLargestConnectedComponent``, one call per slice;
 - the inferer's label values through ``np.unique`` (a sort of every voxel);
-- fp32 in the standard (NCHW) memory format, no ``channels_last``;
+- fp32 in the standard (NCHW) memory format, no ``channels_last``, the eager autoencoder encoder;
 - every organ re-encodes its support slices (the inferer's support latents are ignored).
 The levers themselves are product code (``scripts.network.speed``, ``postprocess``, ``inferer``);
 nothing here is used outside the benches.
@@ -39,11 +39,12 @@ def plain_path(*segmenters):
     import scripts.network.pipeline as pipeline
 
     saved = pipeline.keep_largest_component_per_slice, inferer.present_values
-    formats = [s.net.memory_format for s in segmenters]
+    formats = [(s.net.memory_format, s.autoencoder.memory_format, s.autoencoder.frozen_encoder) for s in segmenters]
     pipeline.keep_largest_component_per_slice = monai_largest_component_per_slice
     inferer.present_values = unique_values
     for segmenter in segmenters:
         segmenter.set_channels_last(False)
+        segmenter.autoencoder.frozen_encoder = segmenter.mask_codec.frozen_encoder = False
         predict = type(segmenter).predict_scores.__get__(segmenter)
 
         def without_support_latents(*args, _predict=predict, **kwargs):
@@ -55,9 +56,10 @@ def plain_path(*segmenters):
         yield
     finally:
         pipeline.keep_largest_component_per_slice, inferer.present_values = saved
-        for segmenter, memory_format in zip(segmenters, formats):
+        for segmenter, (net, autoencoder, frozen) in zip(segmenters, formats):
             del segmenter.predict_scores
-            segmenter.set_channels_last(memory_format == torch.channels_last)
+            segmenter.set_channels_last(net == torch.channels_last, autoencoder == torch.channels_last)
+            segmenter.autoencoder.frozen_encoder = segmenter.mask_codec.frozen_encoder = frozen
 
 
 @contextlib.contextmanager

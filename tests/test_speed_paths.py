@@ -14,7 +14,7 @@ from scripts.data.volumes import present_values
 from scripts.engine.inferer import segment_volume
 from scripts.network.postprocess import keep_largest_component_per_slice
 from scripts.network.presets import build_segmenter
-from scripts.network.speed import adamw_options, compile_unet, cpu_threads
+from scripts.network.speed import adamw_options, compile_unet, default_channels_last
 
 RTOL = 1e-4  # relative error allowed between a lever and the plain fp32 path (float32 rounding)
 
@@ -171,11 +171,35 @@ def test_channels_last_tiny_autoencoder_equals_plain():
         assert b.is_contiguous()  # latents leave in the standard layout (caches, indexing)
         assert relative_error(b, a) < RTOL
         assert relative_error(fast.decode(a), plain.decode(a)) < RTOL
+        fast.frozen_encoder = True  # the TorchScript-frozen encoder, other batch and size than traced
+        for shape in ((3, 1, 64, 64), (1, 1, 32, 48)):
+            y = torch.rand(*shape) * 2 - 1
+            frozen, eager = fast.encode(y), plain.encode(y)
+            assert "_frozen_encoder" in fast.__dict__ and fast.__dict__["_frozen_encoder"] is not None
+            assert frozen.shape == eager.shape and relative_error(frozen, eager) < RTOL
+    assert "_frozen_encoder" not in copy.deepcopy(fast).__dict__  # copies rebuild it
+    x.requires_grad_(True)
+    assert fast.encode(x).requires_grad  # with gradients wanted, the eager encoder runs
+
+
+def test_frozen_taef2_encoder_equals_eager():
+    from shared_paths import shared_path
+
+    from scripts.network.autoencoders import build_autoencoder
+
+    eager = build_autoencoder("taef2", shared_path("weights", "taef2"))
+    frozen = copy.deepcopy(eager)
+    frozen.frozen_encoder = True
+    x = torch.rand(2, 1, 256, 256) * 2 - 1
+    with torch.no_grad():
+        assert relative_error(frozen.encode(x), eager.encode(x)) < RTOL
 
 
 def test_build_segmenter_defaults_to_channels_last_on_cpu():
     assert build_segmenter(preset="tiny").net.memory_format == torch.channels_last
-    assert build_segmenter(preset="tiny", channels_last=False).net.memory_format == torch.contiguous_format
+    training = build_segmenter(preset="tiny", channels_last=False)  # as train.yaml builds it on a CPU
+    assert training.net.memory_format == torch.contiguous_format
+    assert training.autoencoder.memory_format == torch.channels_last  # frozen: inference only
 
 
 def test_compiled_unet_equals_eager():
@@ -194,8 +218,9 @@ def test_compiled_unet_equals_eager():
     assert relative_error(b, a) < RTOL
 
 
-def test_cpu_threads_is_one_per_core():
-    assert cpu_threads() >= 1
+def test_channels_last_defaults():
+    assert default_channels_last("cpu") and not default_channels_last("cpu", training=True)
+    assert not default_channels_last("cuda")
 
 
 # ---- the inferer: every slice encoded once, results unchanged ----------------------------------------

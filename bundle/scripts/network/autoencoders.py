@@ -32,6 +32,7 @@ class LatentAutoencoder(nn.Module):
     latent_channels: int
     exact = False
     memory_format = torch.contiguous_format  # speed.set_memory_format: channels_last on the CPU
+    frozen_encoder = False  # speed lever: encode through a frozen TorchScript copy (CPU inference)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -78,6 +79,14 @@ class _RGBAutoencoder(LatentAutoencoder):
         return self._decode_rgb(z).clamp(-1, 1).mean(dim=1, keepdim=True).contiguous()
 
 
+def _plain_dispatch() -> bool:
+    """No tracing and no dispatch mode (a FLOP counter, a fake-tensor tracer) is active: the frozen
+    encoder is neither built nor run under one."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is None and not torch.jit.is_tracing()
+
+
 def _tiny_block_class():
     from diffusers.models.unets.unet_2d_blocks import AutoencoderTinyBlock
 
@@ -110,7 +119,30 @@ class TinyAutoencoder(_RGBAutoencoder):
     """TAESD / TAEF2 in diffusers' ``AutoencoderTiny`` (maps [-1, 1] in and out itself)."""
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(self._rgb(x)).latents.contiguous()
+        rgb = self._rgb(x)
+        if self.frozen_encoder and rgb.device.type == "cpu" and not torch.is_grad_enabled() \
+                and not torch.is_autocast_enabled("cpu") and _plain_dispatch():
+            frozen = self._frozen(rgb)
+            if frozen is not None:
+                return frozen(rgb).contiguous()
+        return self.model.encode(rgb).latents.contiguous()
+
+    def _apply(self, *args, **kwargs):  # moved or converted: the frozen copy no longer matches
+        self.__dict__.pop("_frozen_encoder", None)
+        return super()._apply(*args, **kwargs)
+
+    def __getstate__(self):  # copies and pickles rebuild it on first use
+        state = dict(self.__dict__)
+        state.pop("_frozen_encoder", None)
+        return state
+
+    def _frozen(self, example: torch.Tensor):
+        """The encoder frozen for CPU inference, built on first use (kept out of the state dict)."""
+        if "_frozen_encoder" not in self.__dict__:
+            from .speed import frozen_for_inference
+
+            self.__dict__["_frozen_encoder"] = frozen_for_inference(self.model.encoder, example[:1])
+        return self.__dict__["_frozen_encoder"]
 
     def _decode_rgb(self, z: torch.Tensor) -> torch.Tensor:
         return self.model.decode(z).sample

@@ -71,12 +71,13 @@ class FewShotSegmenter(nn.Module):
         set_memory_format(net, self.net.memory_format)
         return other
 
-    def set_channels_last(self, enabled: bool = True) -> "FewShotSegmenter":
-        """Run the U-Net and the autoencoders in NHWC (a speed lever on the CPU, ``speed.py``);
-        results are the same within rounding."""
-        memory_format = torch.channels_last if enabled else torch.contiguous_format
-        for part in {id(m): m for m in (self.net, self.autoencoder, self.mask_codec)}.values():
-            set_memory_format(part, memory_format)
+    def set_channels_last(self, enabled: bool = True, autoencoders: bool | None = None) -> "FewShotSegmenter":
+        """Run the U-Net (and, unless ``autoencoders`` says otherwise, the frozen autoencoders) in
+        NHWC: a speed lever on the CPU (``speed.py``); results are the same within rounding."""
+        autoencoders = enabled if autoencoders is None else autoencoders
+        set_memory_format(self.net, torch.channels_last if enabled else torch.contiguous_format)
+        for part in {id(m): m for m in (self.autoencoder, self.mask_codec)}.values():
+            set_memory_format(part, torch.channels_last if autoencoders else torch.contiguous_format)
         return self
 
     # ---- latents -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 from .autoencoders import PixelUnshuffleAutoencoder, WeightsError, _from_pretrained, build_autoencoder
 from .pipeline import FewShotSegmenter
 from .sdfsmis import SDFSMISNet
-from .speed import compile_unet, is_cpu
+from .speed import compile_unet, default_channels_last, is_cpu
 from .vtct import build_visual_encoder
 
 UNET_SHAPES = {
@@ -112,7 +112,10 @@ def build_segmenter(checkpoint: str | Path | None = None, device: str | torch.de
     """Build from configuration keys, or from a checkpoint (its stored config, overridable).
 
     ``channels_last`` and ``compile`` are runtime levers (``speed.py``), not part of the model: they
-    change how fast it runs, not what it computes. ``channels_last=None``: on where it pays (CPU)."""
+    change how fast it runs, not what it computes. ``channels_last`` is the U-Net's memory format
+    (None: where it pays, ``speed.default_channels_last``: CPU inference); the frozen autoencoders
+    only ever run inference and take NHWC wherever that pays, and on the CPU a frozen TorchScript
+    copy of their encoder."""
     state, unet_config = None, None
     if checkpoint is not None:
         stored = load_checkpoint_file(checkpoint)
@@ -145,8 +148,10 @@ def build_segmenter(checkpoint: str | Path | None = None, device: str | torch.de
     if state is not None:
         load_trainable_state(segmenter, state, source=str(checkpoint))
     segmenter = segmenter.to(device)
-    if channels_last if channels_last is not None else is_cpu(device):
-        segmenter.set_channels_last(True)
+    segmenter.set_channels_last(default_channels_last(device) if channels_last is None else channels_last,
+                                autoencoders=default_channels_last(device))  # frozen: always inference
+    for codec in (segmenter.autoencoder, segmenter.mask_codec):
+        codec.frozen_encoder = is_cpu(device)  # TorchScript-frozen encoder on the CPU (speed.py)
     if compile:
         compile_unet(segmenter.net)
     return segmenter

@@ -6,6 +6,9 @@ with the plain path) and is measured side by side with the plain path by ``bench
 
 - ``channels_last``: oneDNN's NHWC convolutions; on by default on the CPU (``build_segmenter``),
   where the compact U-Net and TAEF2's encoder are convolution-bound.
+- Frozen TorchScript encoder (``frozen_for_inference``): TAEF2/TAESD's encoder, the costly part of
+  a first call and of the dataset latent cache, traced once per process (~3 s) with oneDNN's
+  prepacked weights and conv+ReLU fusion; bit-for-bit the eager result; on by default on the CPU.
 - ``torch.compile`` (inductor): optional, off by default. It needs a C++ compiler at run time and
   its compilation (minutes on 2 cores) outweighs what it saves on a few-shot call; ``compile_unet``
   falls back to eager, with a log line, where it cannot compile.
@@ -43,13 +46,34 @@ def set_memory_format(module: nn.Module, memory_format: torch.memory_format) -> 
     return module
 
 
-def cpu_threads() -> int:
-    """One intra-op thread per usable core, unless ``OMP_NUM_THREADS`` says otherwise."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        if torch.get_num_threads() != cores:
-            torch.set_num_threads(cores)
-    return torch.get_num_threads()
+def default_channels_last(device, training: bool = False) -> bool:
+    """Where NHWC pays (bench/results/cpu_*.md): CPU inference (U-Net and TAEF2 encoder). Not CPU
+    training, whose convolution backward runs slower in NHWC, and not by default on a GPU, where
+    ``bench/gpu_bench.py`` measures it first."""
+    return is_cpu(device) and not training
+
+
+def frozen_for_inference(module: nn.Module, example: torch.Tensor):
+    """``module`` traced, frozen and optimised for CPU inference by TorchScript (oneDNN: weights
+    prepacked once, convolution + ReLU fused); None where that fails. For convolution stacks
+    without data-dependent control flow (TAESD/TAEF2's encoder); inputs of any batch and size.
+    TorchScript is deprecated in favour of ``torch.compile``, whose compilation costs more here
+    than this saves (bench/results/cpu_*.md), so its deprecation warnings are silenced."""
+    import copy
+    import warnings
+
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(copy.deepcopy(module).eval(), example, check_trace=False)
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+            expected, got = module(example), frozen(example)  # one self-check before it is trusted
+        if got.shape != expected.shape or (got - expected).norm() > 1e-4 * expected.norm():
+            raise ValueError("the frozen module does not reproduce the eager one")
+        return frozen
+    except Exception as error:  # an op TorchScript cannot take: the eager module still works
+        logger.warning("TorchScript freezing failed (%s: %s): running eager", type(error).__name__, error)
+        return None
 
 
 def compiler_available() -> bool:
