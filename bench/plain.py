@@ -60,8 +60,3 @@ def plain_path(*segmenters):
             del segmenter.predict_scores
             segmenter.set_channels_last(net == torch.channels_last, autoencoder == torch.channels_last)
             segmenter.autoencoder.frozen_encoder = segmenter.mask_codec.frozen_encoder = frozen
-
-
-@contextlib.contextmanager
-def ours():
-    yield
