@@ -4,7 +4,8 @@
 before, for the duration of a block, and restores the levers afterwards:
 - the largest component per slice through MONAI's ``KeepLargestConnectedComponent``, one call per slice;
 - the inferer's label values through ``np.unique`` (a sort of every voxel);
-- fp32 in the standard (NCHW) memory format, no ``channels_last``, the eager autoencoder encoder;
+- fp32 in the standard (NCHW) memory format, no ``channels_last``, the eager autoencoder encoder
+  in chunks of 32 slices;
 - every organ re-encodes its support slices (the inferer's support latents are ignored).
 The levers themselves are product code (``scripts.network.speed``, ``postprocess``, ``inferer``);
 nothing here is used outside the benches.
@@ -38,10 +39,13 @@ def plain_path(*segmenters):
     import scripts.engine.inferer as inferer
     import scripts.network.pipeline as pipeline
 
-    saved = pipeline.keep_largest_component_per_slice, inferer.present_values
+    saved = pipeline.keep_largest_component_per_slice, inferer.present_values, pipeline.encode_chunk
     formats = [(s.net.memory_format, s.autoencoder.memory_format, s.autoencoder.frozen_encoder) for s in segmenters]
+    # the frozen encoders, so that switching back does not rebuild them inside a timed call
+    frozen_copies = [s.autoencoder.__dict__.get("_frozen_encoder") for s in segmenters]
     pipeline.keep_largest_component_per_slice = monai_largest_component_per_slice
     inferer.present_values = unique_values
+    pipeline.encode_chunk = lambda device: 32
     for segmenter in segmenters:
         segmenter.set_channels_last(False)
         segmenter.autoencoder.frozen_encoder = segmenter.mask_codec.frozen_encoder = False
@@ -55,8 +59,10 @@ def plain_path(*segmenters):
     try:
         yield
     finally:
-        pipeline.keep_largest_component_per_slice, inferer.present_values = saved
-        for segmenter, (net, autoencoder, frozen) in zip(segmenters, formats):
+        pipeline.keep_largest_component_per_slice, inferer.present_values, pipeline.encode_chunk = saved
+        for segmenter, (net, autoencoder, frozen), copy in zip(segmenters, formats, frozen_copies):
             del segmenter.predict_scores
             segmenter.set_channels_last(net == torch.channels_last, autoencoder == torch.channels_last)
             segmenter.autoencoder.frozen_encoder = segmenter.mask_codec.frozen_encoder = frozen
+            if copy is not None:
+                segmenter.autoencoder.__dict__["_frozen_encoder"] = copy

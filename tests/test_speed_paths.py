@@ -232,7 +232,7 @@ class CountingSegmenter:
         self.segmenter, self.reuse, self.encoded = segmenter, reuse, 0
         encode = segmenter.encode_images
 
-        def counting(images, chunk=32):
+        def counting(images, chunk=None):
             self.encoded += images.shape[0]
             return encode(images, chunk)
 

@@ -18,7 +18,7 @@ from .autoencoders import LatentAutoencoder
 from .one_step import make_one_step_scheduler, mask_latent_from_output, training_target
 from .postprocess import keep_largest_component_per_slice, threshold_scores
 from .sdfsmis import SDFSMISNet
-from .speed import set_memory_format
+from .speed import encode_chunk, set_memory_format
 
 
 class EmptySupportError(ValueError):
@@ -86,9 +86,11 @@ class FewShotSegmenter(nn.Module):
         return next(self.net.parameters()).device
 
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor, chunk: int = 32) -> torch.Tensor:
-        """(N, 1, H, W) in [-1, 1] -> image latents, in chunks to bound memory."""
+    def encode_images(self, images: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """(N, 1, H, W) in [-1, 1] -> image latents, in chunks (``speed.encode_chunk``: small on the
+        CPU, where that is faster, large on a GPU; either way memory stays bounded)."""
         images = images.to(self.device, torch.float32)
+        chunk = chunk or encode_chunk(self.device)
         return torch.cat([self.autoencoder.encode(part) for part in images.split(chunk)])
 
     def encode_images_cached(self, images: np.ndarray) -> torch.Tensor:

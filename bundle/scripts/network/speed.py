@@ -4,18 +4,22 @@ Each lever keeps the fp32 result within rounding (``tests/test_speed_paths.py`` 
 with the plain path) and is measured side by side with the plain path by ``bench/bench_cpu.py``
 (tables in ``bench/results/cpu_*.md``) and, on a GPU, ``bench/gpu_bench.py``.
 
-- ``channels_last``: oneDNN's NHWC convolutions; on by default on the CPU (``build_segmenter``),
-  where the compact U-Net and TAEF2's encoder are convolution-bound.
-- Frozen TorchScript encoder (``frozen_for_inference``): TAEF2/TAESD's encoder, the costly part of
-  a first call and of the dataset latent cache, traced once per process (~3 s) with oneDNN's
-  prepacked weights and conv+ReLU fusion; bit-for-bit the eager result; on by default on the CPU.
-- ``torch.compile`` (inductor): optional, off by default. It needs a C++ compiler at run time and
-  its compilation (minutes on 2 cores) outweighs what it saves on a few-shot call; ``compile_unet``
-  falls back to eager, with a log line, where it cannot compile.
-- Threads: torch's default (one intra-op thread per core, ``torch.get_num_threads()``) is what
-  pays; ``cpu_threads`` only restores it where something lowered it, and leaves an explicit
-  ``OMP_NUM_THREADS`` alone.
-- Fused AdamW (``adamw_options``): one kernel over all parameters instead of a few per tensor.
+Figures from 2 CPU cores (AVX-512 Zen 4 here), fp32:
+- ``channels_last`` (``default_channels_last``): oneDNN's NHWC convolutions, ~15% on the compact
+  U-Net's inference; on for CPU inference, off for CPU training (its convolution backward ran ~7%
+  slower in NHWC); the GPU bench measures it before it is used there.
+- Frozen TorchScript encoder (``frozen_for_inference``): TAEF2's encoder, the costly part of a
+  first call and of the dataset latent cache, traced once per process (~3 s) with oneDNN's
+  prepacked weights and conv+ReLU fusion, the same numbers as eager: 0.29 -> 0.17 s a slice; on by
+  default on the CPU. (inductor with ``freezing`` reaches the same 0.17 s after a 7 s compile.)
+- ``encode_chunk``: 2 slices per encoder call on the CPU (cache-sized activations).
+- Fused AdamW (``adamw_options``): one kernel over all parameters; a few % of a compact step.
+- ``torch.compile`` (inductor, ``compile_unet``): optional, off by default. It needs a C++ compiler
+  at run time; on 2 cores compiling the compact U-Net took 3-4 minutes for ~20% on inference and
+  nothing on a training step, so it does not pay here; it falls back to eager with a log line.
+- Threads: torch's default, one intra-op thread per core, is what pays on an idle machine; nothing
+  to set. (On a machine other processes keep busy, 2-thread regions stall on the descheduled
+  thread, several times slower: a property of the machine, not a lever.)
 """
 
 from __future__ import annotations
@@ -51,6 +55,13 @@ def default_channels_last(device, training: bool = False) -> bool:
     training, whose convolution backward runs slower in NHWC, and not by default on a GPU, where
     ``bench/gpu_bench.py`` measures it first."""
     return is_cpu(device) and not training
+
+
+def encode_chunk(device) -> int:
+    """Slices per autoencoder call: on the CPU small batches keep the full-resolution activations
+    of TAEF2's first block (64 x 256 x 256 floats a slice) in cache: 0.174 s/slice in chunks of 2,
+    0.187 in chunks of 16 (2 cores); on a GPU large batches fill the device."""
+    return 2 if is_cpu(device) else 32
 
 
 def frozen_for_inference(module: nn.Module, example: torch.Tensor):
