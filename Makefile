@@ -21,7 +21,7 @@ export PIP_BUILD_CONSTRAINT := $(CURDIR)/requirements/constraints.txt
 export SAM2_BUILD_CUDA := 0
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 
-.PHONY: setup test demo accuracy gpu clean
+.PHONY: setup test demo accuracy gpu clean zoo-package
 
 setup: $(STAMP)
 
@@ -57,6 +57,10 @@ accuracy: setup
 OUT ?= bench/results/gpu
 gpu:
 	$(PYTHON) bench/gpu_bench.py --out $(OUT) --pack $(CURDIR)/.gpu_pack
+
+# The model zoo's archive of this version: dist/sd_fsmis_fewshot_v<version>.zip (bundle/scripts/zoo)
+zoo-package: setup
+	cd bundle && $(PY) -m scripts.zoo.package --out $(CURDIR)/dist
 
 clean:
 	rm -rf $(VENV) .cache .data bundle/runs
