@@ -244,6 +244,7 @@ def training_rows(bench: Bench, work: Path, args) -> None:
     from monai.inferers import SimpleInferer
 
     from bench_monailabel_latency import prepare_call
+    from plain import authors_training_step
     from scripts.data.augment import LatentMaskAffine
     from scripts.data.latent_cache import LatentCache
     from scripts.data.volumes import load_volume
@@ -262,7 +263,7 @@ def training_rows(bench: Bench, work: Path, args) -> None:
              "support_mask": mask(support_z), "query_pid": [volume.pid] * episodes, "query_z": query_z,
              "query_mask": mask(query_z)}
 
-    def trainer(levers: bool, compiled: bool = False):
+    def trainer(levers: bool, compiled: bool = False, authors: bool = False):
         torch.manual_seed(0)
         # as train.yaml builds it (ours), or as before the levers (plain)
         segmenter = build_segmenter(preset="compact", channels_last=levers and default_channels_last("cpu", True),
@@ -275,9 +276,17 @@ def training_rows(bench: Bench, work: Path, args) -> None:
         engine = SimpleNamespace(state=SimpleNamespace(device=torch.device("cpu")),
                                  network=EpisodeObjective(segmenter), optimizer=optimizer, inferer=SimpleInferer())
         iteration = EpisodeIteration(cache, LatentMaskAffine().set_random_state(seed=0), build_ema(segmenter))
+        if authors:
+            return lambda: authors_training_step(iteration, engine, batch)
         return lambda: iteration(engine, batch)
 
     plain_step, our_step = trainer(False), trainer(True)
+    authors_step = trainer(False, authors=True)
+    a, o2 = bench.side_by_side((contextlib.nullcontext, authors_step), (contextlib.nullcontext, our_step), warmup=1,
+                               repeats=bench.repeats)
+    bench.add("e-authors", "e as the authors' code trains: one episode per forward (batch 1, its own support "
+              "pass), gradients accumulated over the 8", a, o2, "half of plain",
+              f"ours {best(a) / best(o2):.1f}x faster; the same loss and update")
     flops = count_flops(plain_step)
     p, o = bench.side_by_side((contextlib.nullcontext, plain_step), (contextlib.nullcontext, our_step), warmup=2,
                               repeats=2 * bench.repeats)

@@ -66,3 +66,26 @@ def plain_path(*segmenters):
             segmenter.autoencoder.frozen_encoder = segmenter.mask_codec.frozen_encoder = frozen
             if copy is not None:
                 segmenter.autoencoder.__dict__["_frozen_encoder"] = copy
+
+
+def authors_training_step(iteration, engine, batch: dict) -> dict:
+    """One optimizer step over the batch's episodes as the authors' code trains: one episode per
+    forward (its own support pass, batch 1), gradients accumulated, then clip, AdamW and EMA; the
+    same loss and update as ``EpisodeIteration`` on the whole batch (``gpu_bench.py``'s
+    authors-style rows use the same definition)."""
+    episodes = len(batch["support_pid"])
+    engine.network.train()
+    engine.optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for e in range(episodes):
+        one = {key: (value[e:e + 1] if isinstance(value, (list, torch.Tensor)) else value)
+               for key, value in batch.items()}
+        losses = engine.inferer(iteration.prepare(one, engine.state.device), engine.network)
+        (losses["loss"] / episodes).backward()
+        total += float(losses["loss"].detach()) / episodes
+    if iteration.grad_clip:
+        torch.nn.utils.clip_grad_norm_(engine.network.parameters(), iteration.grad_clip)
+    engine.optimizer.step()
+    if iteration.ema is not None:
+        iteration.ema.update_parameters(engine.network.segmenter.net)
+    return {"loss": total}

@@ -268,3 +268,52 @@ def test_inferer_latent_reuse_equals_plain(same_volume):
     np.testing.assert_array_equal(results[True][0], results[False][0])
     # plain: the query (10) plus every organ's episodes' supports; ours: each slice once
     assert results[True][1] == (depth if same_volume else depth + 6) < results[False][1]
+
+
+class SliceTable:
+    """Latents by slice index, standing in for the dataset's latent cache."""
+
+    def __init__(self, latents: torch.Tensor):
+        self.latents = latents
+
+    def slices(self, pids, zs) -> torch.Tensor:
+        return self.latents[torch.as_tensor(zs)]
+
+
+def test_authors_style_step_equals_batched_step():
+    """The benches' authors-style baseline (one episode per forward, accumulated gradients) makes
+    the same update as the product's batched step, so timing them side by side is fair."""
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from monai.inferers import SimpleInferer
+
+    from scripts.engine.training import EpisodeIteration, EpisodeObjective
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from plain import authors_training_step
+
+    torch.manual_seed(0)
+    base = build_segmenter(preset="tiny", channels_last=False)
+    g = torch.Generator().manual_seed(2)
+    latents = torch.randn(6, base.net.latent_channels, 8, 8, generator=g)
+    masks = torch.zeros(6, 1, 64, 64)
+    masks[:, :, 16:40, 12:44] = 1
+    masks[3:, :, :, :20] = 0  # different masks per episode: the Dice term is per episode
+    batch = {"shots": 1, "support_pid": ["p"] * 3, "support_z": torch.tensor([0, 1, 2]), "support_mask": masks[:3],
+             "query_pid": ["p"] * 3, "query_z": torch.tensor([3, 4, 5]), "query_mask": masks[3:]}
+    updated = []
+    for authors in (False, True):
+        segmenter = copy.deepcopy(base)
+        engine = SimpleNamespace(state=SimpleNamespace(device=torch.device("cpu")),
+                                 network=EpisodeObjective(segmenter), inferer=SimpleInferer(),
+                                 optimizer=torch.optim.AdamW(segmenter.net.parameters(), lr=1e-3))
+        iteration = EpisodeIteration(SliceTable(latents), augment=None, ema=None, grad_clip=1.0)
+        out = authors_training_step(iteration, engine, batch) if authors else iteration(engine, batch)
+        updated.append((out["loss"], torch.cat([p.detach().flatten() for p in segmenter.net.parameters()])))
+    (loss_batched, after_batched), (loss_authors, after_authors) = updated
+    before = torch.cat([p.detach().flatten() for p in base.net.parameters()])
+    assert abs(loss_authors - loss_batched) <= 1e-5 * abs(loss_batched)
+    assert (after_batched - before).abs().max() > 1e-5  # the step moved the weights
+    assert relative_error(after_authors - before, after_batched - before) < 1e-3

@@ -31,3 +31,26 @@ def test_training_iterations_lower_the_loss_and_move_the_ema():
     losses = [iteration(engine, batches[step % len(batches)])["loss"] for step in range(24)]
     assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
     assert any(not torch.equal(a, b) for a, b in zip(before, ema.module.parameters()))
+
+
+def test_ema_warmup_follows_the_closed_form():
+    """After n updates with a constant model the EMA is the documented warmed-up average, and the
+    decay reaches its cap only for long runs."""
+    from scripts.engine.training import warmup_decay
+
+    torch.manual_seed(0)
+    segmenter = build_segmenter(preset="tiny")
+    ema = build_ema(segmenter, decay=0.995)
+    start = [p.detach().clone() for p in segmenter.net.parameters()]
+    ema.update_parameters(segmenter.net)  # the first update copies the weights
+    with torch.no_grad():
+        for p in segmenter.net.parameters():
+            p.add_(1.0)
+    kept = 1.0
+    for n in range(1, 6):
+        ema.update_parameters(segmenter.net)
+        kept *= warmup_decay(0.995, n)
+    for before, averaged in zip(start, ema.module.parameters()):
+        torch.testing.assert_close(averaged, before + (1.0 - kept))
+    assert warmup_decay(0.995, 1) < 0.2 and warmup_decay(0.995, 300) < 0.975
+    assert warmup_decay(0.995, 5000) == 0.995

@@ -110,7 +110,23 @@ def _unwrap(network: nn.Module) -> nn.Module:
 
 
 def build_ema(segmenter, decay: float = 0.995) -> AveragedModel:
-    return AveragedModel(segmenter.net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(segmenter.net, multi_avg_fn=ema_with_warmup(decay), use_buffers=True)
+
+
+def warmup_decay(decay: float, updates: int) -> float:
+    """The EMA decay after ``updates`` averaging steps: (1 + n) / (10 + n), capped at ``decay``. A
+    fixed 0.995 would keep 22% of the random initial weights after 300 steps; with the warm-up a
+    short run's EMA follows its last tenth, and long runs (n > ~1,800) see the plain decay."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
+def ema_with_warmup(decay: float):
+    """``multi_avg_fn`` for AveragedModel: torch's EMA update with the warmed-up decay."""
+
+    def update(ema_params, model_params, num_averaged):
+        get_ema_multi_avg_fn(warmup_decay(decay, int(num_averaged)))(ema_params, model_params, num_averaged)
+
+    return update
 
 
 def ema_segmenter(segmenter, ema: AveragedModel):
