@@ -287,7 +287,11 @@ def training_fn(model: Model, lever: dict, x: dict):
         options["fused"] = True
     if lever.get("graph"):
         options.update(fused=True, capturable=True)
-    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-5, weight_decay=1e-2, **options)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    if lever.get("adafactor"):  # the product's lean optimizer (scripts/engine/optimizers.py): torch's own
+        optimizer = torch.optim.Adafactor(trainable, lr=1e-2, weight_decay=1e-2)
+    else:
+        optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=1e-2, **options)
     episodes = x["query_latent"].shape[0]
     params = [p for p in net.parameters() if p.requires_grad]
 
@@ -348,6 +352,7 @@ TRAINING_LEVERS = [
     ("ours + bf16 + fused AdamW", dict(bf16=True, fused=True), 0),
     ("ours + bf16 + fused + channels_last", dict(bf16=True, fused=True, channels_last=True), 0),
     ("ours + bf16 + fused + checkpointing (recompute-safe K/V bank)", dict(bf16=True, fused=True, checkpointing=True), 0),
+    ("ours + bf16 + Adafactor (lean states) + checkpointing", dict(bf16=True, adafactor=True, checkpointing=True), 0),
     ("ours + bf16 + CUDA graph of the whole step (capturable fused AdamW)", dict(bf16=True, graph=True), 30),
     ("ours + bf16 + fused + torch.compile", dict(bf16=True, fused=True, compile="default"), 150),
 ]

@@ -54,3 +54,40 @@ def test_ema_warmup_follows_the_closed_form():
         torch.testing.assert_close(averaged, before + (1.0 - kept))
     assert warmup_decay(0.995, 1) < 0.2 and warmup_decay(0.995, 300) < 0.975
     assert warmup_decay(0.995, 5000) == 0.995
+
+
+def _loss_curve(optimizer_name: str, lr: float, steps: int = 30) -> tuple[list[float], int]:
+    from scripts.engine.optimizers import build_optimizer, state_bytes
+    from scripts.engine.training import parameter_groups
+
+    torch.manual_seed(0)
+    volumes = phantom_volumes(n_volumes=4, size=64, depth=12, seed=1)
+    segmenter = build_segmenter(preset="tiny")
+    cache = LatentCache(segmenter.encode_images, "unshuffle").add_volumes(volumes)
+    episodes = EpisodeDataset(volumes, train_values=[2, 3], test_values=[1, 4], label_source="gt",
+                              n_episodes=16, seed=0)
+    batches = [collate_episodes([episodes[i + j] for j in range(4)]) for i in range(0, 16, 4)]
+    optimizer = build_optimizer(optimizer_name, parameter_groups(segmenter, lr, lr), 0.01, "cpu")
+    engine = SimpleNamespace(state=SimpleNamespace(device=torch.device("cpu")), network=EpisodeObjective(segmenter),
+                             optimizer=optimizer, inferer=SimpleInferer())
+    iteration = EpisodeIteration(cache, LatentMaskAffine(prob=0.0), None)
+    losses = [iteration(engine, batches[step % len(batches)])["loss"] for step in range(steps)]
+    return losses, state_bytes(optimizer)
+
+
+def test_adafactor_follows_adamw_with_a_fraction_of_its_states():
+    """The lean optimizer (for the GPU memory goal) trains as well as AdamW over the same steps."""
+    adamw, adamw_bytes = _loss_curve("adamw", 1e-3)
+    adafactor, adafactor_bytes = _loss_curve("adafactor", 1e-2)
+    assert np.mean(adafactor[-6:]) < 0.8 * np.mean(adafactor[:4]), adafactor       # it trains
+    assert np.mean(adafactor[-6:]) < 1.15 * np.mean(adamw[-6:]), (adafactor, adamw)  # about as well
+    assert adafactor_bytes < 0.5 * adamw_bytes, (adafactor_bytes, adamw_bytes)
+
+
+def test_unknown_optimizer_is_refused():
+    import pytest
+
+    from scripts.engine.optimizers import build_optimizer
+
+    with pytest.raises(ValueError, match="unknown optimizer 'sgdx'"):
+        build_optimizer("sgdx", [torch.nn.Parameter(torch.zeros(2))], 0.0, "cpu")
