@@ -31,7 +31,19 @@ $(STAMP): requirements/requirements.txt requirements/constraints.txt requirement
 	$(PY) -m pip check
 	touch $(STAMP)
 
-test: setup
+# The real parts of the PACS tests (tests/test_pacs.py): Orthanc with its DICOMweb plugin and Chromium,
+# Debian packages, installed once where apt-get can (root, Debian's archive reachable); where they
+# cannot be, those tests skip and say why.
+PACS_PACKAGES := orthanc orthanc-dicomweb chromium
+.PHONY: setup-pacs
+setup-pacs:
+	@dpkg -s $(PACS_PACKAGES) >/dev/null 2>&1 || { \
+		command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && export DEBIAN_FRONTEND=noninteractive && \
+		{ apt-get install -y -qq --no-install-recommends $(PACS_PACKAGES) >/dev/null 2>&1 || \
+		  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends $(PACS_PACKAGES) >/dev/null; }; } \
+	} || echo "setup-pacs: $(PACS_PACKAGES) could not be installed: the PACS and viewer tests will skip"
+
+test: setup setup-pacs
 	$(PY) -m pytest -q tests
 
 demo: setup

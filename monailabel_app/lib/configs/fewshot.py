@@ -15,7 +15,10 @@
     --conf slice_axis 2              the file axis that runs across slices
     --conf scribbles true|false      also register the scribbles-type entry (3D Slicer)
     --conf prediction_record_dir <dir>   where predicted slices are remembered
-                                     (default <studies>/.fewshot/predictions; "none" disables)
+                                     (default <studies>/.fewshot/predictions, or for a PACS
+                                     <DICOMweb cache>/fewshot_predictions; "none" disables)
+    --conf store_result true|false   a PACS as --studies: store each result there as a DICOM SEG
+    --conf pacs_timeout 30           a PACS as --studies: seconds before a silent PACS fails the call (424)
     --conf train_steps 200           default fine-tuning length (a request may override it)
     --conf train_dir <dir>           dataset folder and runs of fine-tuning (default <app>/model/fewshot)
 """
@@ -85,9 +88,16 @@ class FewShot(TaskConfig):
         record = conf.get("prediction_record_dir")
         if record is None and studies and not str(studies).startswith(("http://", "https://")):
             record = os.path.join(studies, ".fewshot", "predictions")
+        elif record is None and studies:  # a PACS: next to MONAI Label's cache of its series
+            from monailabel.config import settings
+
+            cache = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip() or os.path.join(
+                os.path.expanduser("~"), ".cache", "monailabel", "dicom")
+            record = os.path.join(cache, "fewshot_predictions")
         self.record_dir = None if str(record).lower() == "none" else record
         self.datastore = kwargs.get("datastore")  # a callable giving the app's datastore
         self.train_steps = int(conf.get("train_steps", 200))
+        self.store_result = strtobool(conf.get("store_result", "true"))
         self._model: FewShotModel | None = None
         logger.info(f"few-shot task '{name}': checkpoint {self.path} "
                     f"({'present' if os.path.exists(self.path) else 'MISSING: calls will answer 424'}), "
@@ -103,7 +113,7 @@ class FewShot(TaskConfig):
         common = dict(
             model=self.model, labels=self.labels, datastore=self.datastore, max_shots=self.max_shots,
             threshold=self.threshold, threshold_mode=self.threshold_mode, slice_axis=self.slice_axis,
-            record=PredictionRecord(self.record_dir), device=self.device,
+            record=PredictionRecord(self.record_dir), device=self.device, store_result=self.store_result,
         )
         # both entries share one segmenter and one record of predicted slices
         tasks: Dict[str, InferTask] = {self.name: FewShotInfer(type=InferType.SEGMENTATION, **common)}

@@ -23,6 +23,13 @@ Both entries take the support from the first of these that holds a labelled slic
 3. the datastore image named by the ``support_image`` parameter, through its ``final`` label:
    the cross-patient case.
 
+On a PACS (``--studies <DICOMweb root>``, ``lib/datastores/pacs.py``) a ``final`` label is the
+newest DICOM SEG drawn by a person that references the series (``support_seg`` names another one,
+which must label the image or the support image: 422 otherwise), ``support_image`` may be a study
+UID (its labelled series), and the result goes back to the PACS as a SEG of the query series
+(``store_result``, default true; ``stored_seg`` in the result JSON says which), stored last, so a
+call that fails stores nothing.
+
 In cases 1 and 2 the support is the query volume itself (the in-volume case: the user's labelled
 slices are kept exactly as drawn). Every labelled slice is a shot; for each query slice the
 ``max_shots`` nearest ones serve (``scripts.engine.inferer.segment_files`` does the matching, the
@@ -46,7 +53,8 @@ present in it, in the order Slicer maps them to segments.
 Errors a user can act on answer HTTP 4xx with the reason (FastAPI turns the ``HTTPException``
 raised here into that response; MONAI Label's ``/infer`` endpoint lets it through): 404 unknown
 image or support image, 422 no labelled slice / wrong label shape or affine / unreadable label /
-unknown organ, 400 malformed parameters, 424 missing or unfit model weights.
+unknown organ, 400 malformed parameters, 424 missing or unfit model weights, or a PACS that does
+not answer or does not keep the SEG it was sent.
 """
 
 from __future__ import annotations
@@ -72,6 +80,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 import lib  # noqa: F401  (puts bundle/ on sys.path)
+from lib.datastores.pacs import PacsDatastore
 from scripts.data.volumes import DataError
 from scripts.engine.inferer import SupportError, segment_files
 from scripts.network.autoencoders import WeightsError
@@ -351,10 +360,20 @@ class Support:
     slices: list[int] | None         # shots; None: every labelled slice
     image_id: str | None = None
     excluded_predicted: list[int] = field(default_factory=list)
+    label_id: str | None = None      # the saved label's id in the datastore (a PACS: the SEG's series UID)
 
     def describe(self) -> dict:
         return {"source": self.source, "image": self.image_id or os.path.basename(self.image),
-                "labels": self.labels, "excluded_predicted_slices": self.excluded_predicted}
+                "labels": self.labels, "excluded_predicted_slices": self.excluded_predicted,
+                **({"label": self.label_id} if self.label_id else {})}
+
+
+@dataclass
+class SavedLabel:
+    path: str                        # label file on its image's grid
+    names: dict[int, str]            # value -> name, as stored with it
+    label_id: str
+    image_id: str                    # the image it labels
 
 
 class ResolveSupportd:
@@ -377,7 +396,12 @@ class ResolveSupportd:
         data["fewshot_query_id"] = image_id
         support_image = _first(data.get("support_image"))
         support_image = None if _blank(support_image) else str(support_image).strip()
-        other = self.final_label(datastore, support_image, strict=True) if support_image is not None else None
+        pacs = datastore if isinstance(datastore, PacsDatastore) else None
+        if pacs is not None and support_image is not None:
+            support_image = pacs.series_of(support_image)  # a study UID names its labelled series
+        seg = self.named_seg(data, pacs, image_id, support_image)
+        other = (seg if seg and seg.image_id == support_image else
+                 self.final_label(datastore, support_image, strict=True) if support_image is not None else None)
 
         reasons = []
         uploaded = data.get("label")
@@ -387,14 +411,16 @@ class ResolveSupportd:
             if found:
                 return self.done(data, found)
         if image_id is not None and datastore is not None:
-            saved = self.final_label(datastore, image_id)
+            saved = seg if seg and seg.image_id == image_id else self.final_label(datastore, image_id)
             if saved:
-                found = self.candidate(data, "saved_label", image, saved[0], saved[1], image_id, reasons)
+                found = self.candidate(data, "saved_label", image, saved.path, saved.names, image_id, reasons,
+                                       saved.label_id)
                 if found:
                     return self.done(data, found)
         if other is not None:
             path = datastore.get_image_uri(support_image)
-            found = self.candidate(data, "support_image", path, other[0], other[1], support_image, reasons)
+            found = self.candidate(data, "support_image", path, other.path, other.names, support_image, reasons,
+                                   other.label_id)
             if found:
                 return self.done(data, found)
         hint = ("label the organ on at least one slice and send it with the request (3D Slicer: paint a segment "
@@ -415,6 +441,8 @@ class ResolveSupportd:
     def image_id(datastore, path: str) -> str | None:
         if datastore is None:
             return None
+        if isinstance(datastore, PacsDatastore):  # listing a PACS's images would download them all
+            return datastore.image_id_of(path)
         real = os.path.realpath(path)
         for image_id in datastore.list_images():
             uri = datastore.get_image_uri(image_id)
@@ -422,10 +450,12 @@ class ResolveSupportd:
                 return image_id
         return None
 
-    def final_label(self, datastore, image_id: str, strict: bool = False) -> tuple[str, dict[int, str]] | None:
-        """(label path, value names) of the image's final label; with ``strict`` an unknown image or
-        one without a final label answers 404."""
-        if datastore is None or image_id not in datastore.list_images():
+    def final_label(self, datastore, image_id: str, strict: bool = False) -> SavedLabel | None:
+        """The image's final label; with ``strict`` an unknown image or one without a final label
+        answers 404."""
+        known = datastore is not None and (datastore.has_series(image_id) if isinstance(datastore, PacsDatastore)
+                                           else image_id in datastore.list_images())
+        if not known:
             if strict:
                 raise http_error(404, f"support_image '{image_id}' is not an image of the datastore")
             return None
@@ -440,10 +470,31 @@ class ResolveSupportd:
         if not names:
             stored = info.get("label_names") or (info.get("params") or {}).get("label_names") or {}
             names = parse_label_info(stored) if isinstance(stored, dict) else {}
-        return path, names
+        return SavedLabel(path, names, label_id, image_id)
+
+    @staticmethod
+    def named_seg(data: dict, pacs, image_id: str | None, support_image: str | None) -> SavedLabel | None:
+        """The SEG that ``support_seg`` names, which must label the image or the support image; None
+        when the request names none."""
+        seg_uid = _first(data.get("support_seg"))
+        if _blank(seg_uid):
+            return None
+        seg_uid = str(seg_uid).strip()
+        if pacs is None:
+            raise http_error(400, "parameter 'support_seg' names a DICOM SEG in a PACS, but this server's datastore "
+                                  "is a folder: send the label instead, or start the server on the PACS")
+        series = pacs.seg_reference(seg_uid)
+        if series not in (image_id, support_image):
+            target = f"the image's series {image_id}" + (f" or support_image {support_image}" if support_image else "")
+            raise http_error(422, f"SEG {seg_uid} labels series {series}, not {target}: a SEG is a label of the series "
+                                  f"it was drawn on. Run the task on {series}, or segment this image from that patient "
+                                  f"with support_image={series}")
+        info = pacs.get_label_info(seg_uid, DefaultLabelTag.FINAL.value)
+        path = pacs.get_label_uri(seg_uid, DefaultLabelTag.FINAL.value, series)
+        return SavedLabel(path, parse_label_info(info["label_info"]), seg_uid, series)
 
     def candidate(self, data: dict, source: str, image: str, label_path: str, names: dict[int, str],
-                  image_id: str | None, reasons: list) -> Support | None:
+                  image_id: str | None, reasons: list, label_id: str | None = None) -> Support | None:
         where = {"upload": "the uploaded label", "saved_label": "the image's saved label",
                  "support_image": f"the label of '{image_id}'"}[source]
         label, reference = read_label(label_path)
@@ -494,7 +545,7 @@ class ResolveSupportd:
             write_label_like(np.where(np.moveaxis(organ_mask, 0, self.slice_axis), label, 0), reference, path)
         return Support(source=source, image=image, label=path, labels={n: v for v, n in sorted(organs.items())},
                        slices=None if len(shots) == len(labelled) else shots, image_id=image_id,
-                       excluded_predicted=excluded)
+                       excluded_predicted=excluded, label_id=label_id)
 
     @staticmethod
     def restrict(data: dict, organs: dict[int, str], where: str) -> dict[int, str]:
@@ -538,7 +589,7 @@ class FewShotInfer(BasicInferTask):
     def __init__(self, model: FewShotModel, type=InferType.SEGMENTATION, labels: dict[str, int] | None = None,
                  datastore: Callable[[], Any] | None = None, max_shots: int = 3, threshold: float | None = None,
                  threshold_mode: str | None = None, slice_axis: int = 2, record: PredictionRecord | None = None,
-                 device: str = "cpu", description: str | None = None):
+                 device: str = "cpu", description: str | None = None, store_result: bool = True):
         flow = ("3D Slicer scribbles panel: uploads the labelmap being drawn" if type == InferType.SCRIBBLES
                 else "OHIF / Slicer auto-segmentation: uses the image's saved final label")
         description = description or (
@@ -553,6 +604,8 @@ class FewShotInfer(BasicInferTask):
                 "max_shots": max_shots,
                 "support_image": "",
                 "support_slices": "",
+                "support_seg": "",  # a PACS only: the SEG to learn from (default: the newest drawn one)
+                "store_result": store_result,  # a PACS only: store the result as a SEG there
             },
         )
         self._config["device"] = [device]
@@ -578,7 +631,26 @@ class FewShotInfer(BasicInferTask):
         with tempfile.TemporaryDirectory(prefix="fewshot_") as work:
             label_file, result = super().__call__({**request, "fewshot_workdir": work}, callbacks)
         result["label_names"] = result.pop("segmented_labels", {})
+        datastore = self.datastore() if self.datastore else None
+        if isinstance(datastore, PacsDatastore):
+            result["stored_seg"] = self.store(datastore, request, label_file, result)
         return label_file, result
+
+    def store(self, pacs: PacsDatastore, request: dict, label_file: str, result: dict) -> dict | None:
+        """The result as a SEG of the query series in the PACS (last: a call that fails stores nothing)."""
+        wanted = _first(request.get("store_result"))
+        wanted = self._config.get("store_result", True) if _blank(wanted) else wanted
+        if str(wanted).strip().lower() in ("false", "0", "no", "off"):
+            return None
+        series = pacs.image_id_of(request["image"])
+        if series is None:
+            return None  # a scan uploaded with the request is not in the PACS
+        names = {value: name for name, value in result["labels"].items()}
+        try:
+            return pacs.store_result(series, label_file, names)
+        except HTTPException:
+            os.unlink(label_file)  # the endpoint only removes it when the call succeeds
+            raise
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
         support: Support = data["support"]

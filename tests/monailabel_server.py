@@ -1,0 +1,69 @@
+"""A MONAI Label server with this repository's app, as a process, for tests and bench scripts.
+
+Started with ``python -m monailabel.main start_server`` on a free port of 127.0.0.1 (sessions, the
+DICOMweb cache and matplotlib's folder in a throwaway directory), stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+APP = Path(__file__).resolve().parents[1] / "monailabel_app"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MonaiLabelServer:
+    def __init__(self, studies: str, work: str | Path, conf: dict[str, str], env: dict[str, str] | None = None):
+        self.studies, self.work, self.conf = studies, Path(work), conf
+        self.env = env or {}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = self.work / "server.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 120) -> "MonaiLabelServer":
+        self.work.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(self.work / "sessions"), "PYTHONUNBUFFERED": "1",
+               "MPLCONFIGDIR": str(self.work / "mpl"), "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(self.work / "cache"),
+               **self.env}
+        cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP), "--studies", self.studies,
+               "--host", "127.0.0.1", "--port", str(self.port)]
+        for key, value in self.conf.items():
+            cmd += ["--conf", key, str(value)]
+        with open(self.log, "w") as out:
+            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(self.work))
+        deadline = time.time() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited ({self.process.returncode}):\n{self.log.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            if time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"server not up after {timeout_s}s:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=15)
