@@ -11,8 +11,6 @@ Reference). Skipped with the reason when Orthanc, its DICOMweb plugin or Chromiu
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,7 +35,6 @@ from requests_toolbelt.multipart.decoder import MultipartDecoder  # noqa: E402
 from shared_paths import SHARED  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "monailabel_app" / "docs"
 sys.path.insert(0, str(REPO / "monailabel_app"))
 from lib.datastores.series import write_series  # noqa: E402
 
@@ -340,8 +337,6 @@ def test_ohif_viewer_shows_the_series_and_our_seg(pacs):
                                     seg_description="SD-FSMIS few-shot", slice_index=z, out_dir=pacs.tmp)
     finally:
         chromium.stop()
-    if os.environ.get("SDFSMIS_DOCS") and got["screenshots"]:  # refresh the docs figure on request only
-        shutil.copy(got["screenshots"][-1], DOCS / "ohif_pacs_test.png")
     assert got["study_opened"], got
     assert got["image_rendered"], got
     assert got["overlay_pixels_before"] == 0, got  # a grey image: nothing tinted before the SEG is loaded
