@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from processes import stop_process
+
 
 def binary() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -138,13 +140,7 @@ class Chromium:
             self.loop.run_until_complete(self._ws.close())
             self.loop.run_until_complete(self._session.close())
             self._ws = None
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=15)
+        stop_process(self.process)
         self.loop.close()
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import requests
 
+from processes import stop_process
+
 APP = Path(__file__).resolve().parents[1] / "monailabel_app"
 
 
@@ -59,11 +61,4 @@ class MonaiLabelServer:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=15)
+        stop_process(self.process)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import requests
 
+from processes import stop_process
+
 PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
 
 
@@ -96,12 +98,7 @@ class Orthanc:
         if self.process is None or self.process.poll() is not None:
             return
         self.resume()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=15)
+        stop_process(self.process)
 
     def pause(self) -> None:
         os.kill(self.process.pid, signal.SIGSTOP)

@@ -24,7 +24,7 @@ import pytest
 requests = pytest.importorskip("requests")
 pytest.importorskip("monailabel")
 
-from requests_toolbelt.multipart.decoder import MultipartDecoder  # noqa: E402
+from processes import infer_parts, stop_process  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "monailabel_app"
@@ -82,18 +82,8 @@ class Server:
 
 def _result(response, tmp: Path) -> tuple[dict, nib.Nifti1Image]:
     """The multipart answer of /infer: (result JSON, label NIfTI)."""
-    assert response.status_code == 200, response.text[:2000]
-    params, image = None, None
-    for part in MultipartDecoder.from_response(response).parts:
-        disposition = part.headers.get(b"Content-Disposition", b"").decode()
-        if 'name="params"' in disposition:
-            params = json.loads(part.content)
-        elif 'name="image"' in disposition:
-            path = tmp / f"result_{time.time_ns()}.nii.gz"
-            path.write_bytes(part.content)
-            image = nib.load(path)
-    assert params is not None and image is not None, "multipart answer without params or image"
-    return params, image
+    params, path = infer_parts(response, tmp)
+    return params, nib.load(path)
 
 
 def _assert_geometry(result: nib.Nifti1Image, image: nib.Nifti1Image):
@@ -147,12 +137,7 @@ def server(tmp_path_factory):
             time.sleep(0.5)
         yield Server(url, tmp, phantoms, studies, checkpoint, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")

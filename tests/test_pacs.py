@@ -24,13 +24,13 @@ pytest.importorskip("monailabel")
 import browser  # noqa: E402  (tests/browser.py)
 import orthanc  # noqa: E402  (tests/orthanc.py)
 from monailabel_server import MonaiLabelServer  # noqa: E402
+from processes import infer_parts  # noqa: E402
 
 if orthanc.missing():
     pytest.skip(f"PACS tests skipped: {orthanc.missing()}", allow_module_level=True)
 
 import pydicom  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
-from requests_toolbelt.multipart.decoder import MultipartDecoder  # noqa: E402
 
 from shared_paths import SHARED  # noqa: E402
 
@@ -89,16 +89,7 @@ def write_gap_series(image_file: Path, out: Path, study_uid: str, missing: int):
 
 
 def _result(response, tmp: Path):
-    assert response.status_code == 200, response.text[:2000]
-    params, path = None, None
-    for part in MultipartDecoder.from_response(response).parts:
-        disposition = part.headers.get(b"Content-Disposition", b"").decode()
-        if 'name="params"' in disposition:
-            params = json.loads(part.content)
-        elif 'name="image"' in disposition:
-            path = tmp / f"result_{time.time_ns()}.nii.gz"
-            path.write_bytes(part.content)
-    assert params is not None and path is not None, "multipart answer without params or image"
+    params, path = infer_parts(response, tmp)
     return params, sitk.ReadImage(str(path))
 
 
