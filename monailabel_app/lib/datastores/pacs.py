@@ -43,6 +43,7 @@ from monailabel.datastore.utils.dicom import dicom_web_download_series
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from lib.datastores.dicom_seg import SegError, is_ours, read_seg, referenced_series, segment_names, write_seg
+from lib.responses import refusal, write_label_like
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,7 @@ SPACING_TOLERANCE = 0.01  # relative: slices whose gaps differ by more are not o
 
 
 def _error(status: int, message: str) -> HTTPException:
-    logger.warning(f"PACS request refused ({status}): {message}")
-    return HTTPException(status_code=status, detail=message)
+    return refusal(status, message, "PACS")
 
 
 def checked_uid(uid: str, what: str) -> str:
@@ -266,7 +266,7 @@ class PacsDatastore(DICOMWebDatastore):
                 label, _ = read_seg(ds, reference)
             except SegError as error:
                 raise _error(422, f"SEG {label_id} cannot be read onto series {series_uid}: {error}") from None
-            self._write_label(label, reference, cached)
+            write_label_like(label, reference, cached, dtype=np.uint16)
         return cached
 
     def get_label_info(self, label_id: str, label_tag: str) -> Dict[str, Any]:
@@ -275,17 +275,6 @@ class PacsDatastore(DICOMWebDatastore):
         ds = self.seg(label_id)
         return {"label_info": [{"name": name, "id": value} for value, name in segment_names(ds).items()],
                 "SeriesInstanceUID": label_id, "references": referenced_series(ds)}
-
-    @staticmethod
-    def _write_label(label: np.ndarray, reference, path: str) -> None:
-        import SimpleITK as sitk
-
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        image = sitk.GetImageFromArray(np.ascontiguousarray(label.transpose(2, 1, 0)).astype(np.uint16))
-        image.CopyInformation(reference)
-        tmp = f"{path}.{threading.get_ident()}.tmp.nii.gz"
-        sitk.WriteImage(image, tmp)
-        os.replace(tmp, path)
 
     def get_labeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
         drawn = {i.references for i in self._seg_infos(None, "looking for SEGs") if not i.ours}

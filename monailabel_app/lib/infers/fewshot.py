@@ -81,6 +81,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 import lib  # noqa: F401  (puts bundle/ on sys.path)
 from lib.datastores.pacs import PacsDatastore
+from lib.responses import refusal, write_label_like
 from scripts.data.volumes import DataError
 from scripts.engine.inferer import SupportError, segment_files
 from scripts.network.autoencoders import WeightsError
@@ -95,8 +96,7 @@ SLOW_NOTE = ("With the 'sd15' preset on a CPU one call takes a minute or more (a
 
 
 def http_error(status: int, message: str) -> HTTPException:
-    logger.warning(f"few-shot request refused ({status}): {message}")
-    return HTTPException(status_code=status, detail=message)
+    return refusal(status, message, "few-shot")
 
 
 # ---- request parameters (Slicer sends the option table's values as strings) ---------------------
@@ -218,15 +218,6 @@ def image_shape(path: str) -> tuple[int, ...] | None:
         return tuple(int(s) for s in reader.GetSize())
     except Exception:
         return None
-
-
-def write_label_like(array: np.ndarray, reference, path: str) -> None:
-    """Write ``array`` (X, Y, Z) with the geometry of the SimpleITK image ``reference``."""
-    import SimpleITK as sitk
-
-    out = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)).astype(np.int32))
-    out.CopyInformation(reference)
-    sitk.WriteImage(out, str(path))
 
 
 def slice_masks(plane: np.ndarray, names: dict[int, str]) -> dict[str, str]:
