@@ -56,14 +56,24 @@ def test_contrast_is_organ_like_but_not_constant():
     assert case.image[~body].mean() < 0.25 * background_tissue.mean()  # air is dark
 
 
-def test_supervoxels_partition_the_body():
+def test_supervoxels_are_organ_scale_like_the_chaost2_files():
+    """CHAOST2's supervoxels are few, span most slices, and each organ is largely one of them
+    (scripts.data.phantoms._supervoxels); the phantoms' must be too, or supervoxel episodes teach
+    another task than on the real data."""
     case = make_phantom(3, size=48, depth=12)
-    sv = case.supervoxels
-    ids = np.unique(sv)
-    assert ids[0] == 0 and np.array_equal(ids[1:], np.arange(1, ids[-1] + 1)) and ids[-1] > 20
-    # a supervoxel never mixes two labelled organs
-    for i in ids[1:]:
-        assert len(np.unique(case.label[sv == i])) == 1
+    sv, label = case.supervoxels, case.label
+    ids, counts = np.unique(sv[sv > 0], return_counts=True)
+    assert np.array_equal(ids, np.arange(1, len(ids) + 1)) and 15 <= len(ids) <= 60
+    large = ids[counts >= 0.01 * counts.sum()]
+    spans = [len(np.unique(np.nonzero(sv == i)[0])) for i in large]
+    assert np.median(spans) >= 0.75 * sv.shape[0]
+    assert ((label > 0) <= (sv > 0)).all()  # organs lie inside the body the supervoxels cover
+    for value in PHANTOM_LABELS.values():
+        organ = label == value
+        inside, overlap = np.unique(sv[organ], return_counts=True)
+        largest = inside[np.argmax(overlap)]
+        assert overlap.max() >= 0.25 * organ.sum()                 # a large part of the organ ...
+        assert overlap.max() >= 0.9 * (sv == largest).sum()        # ... and little else
 
 
 def test_written_dataset_loads_with_the_phantom_preset(tmp_path):
@@ -81,3 +91,19 @@ def test_written_dataset_loads_with_the_phantom_preset(tmp_path):
         assert np.linalg.det(loaded.meta["original_affine"][:3, :3]) > 0 > loaded.meta["original_affine"][0, 0]
         case = make_phantom(int(loaded.pid) - 1, size=48, depth=10, seed=3)
         np.testing.assert_array_equal(to_original_grid(loaded.label, loaded), case.to_file_layout(case.label))
+
+
+def test_a_phantom_folder_of_another_generator_version_is_rewritten(tmp_path):
+    from scripts.data.phantoms import MARKER_FILE
+    from scripts.engine.experiment import load_volumes
+
+    root = tmp_path / "phantoms"
+    first = load_volumes(root, "phantom", with_supervoxels=True, phantom_volumes=2)
+    assert len(first) == 2 and (root / MARKER_FILE).is_file()
+    stamp = (root / "image_1.nii.gz").stat().st_mtime_ns
+    load_volumes(root, "phantom", phantom_volumes=2)
+    assert (root / "image_1.nii.gz").stat().st_mtime_ns == stamp  # same version: read, not rewritten
+    (root / MARKER_FILE).write_text('{"generator_version": 1}')   # as an older generator left it
+    (root / "supervoxels" / "superpix-MIDDLE_1.nii.gz").write_bytes(b"stale")
+    again = load_volumes(root, "phantom", with_supervoxels=True, phantom_volumes=2)
+    np.testing.assert_array_equal(again[0].supervoxels, first[0].supervoxels)

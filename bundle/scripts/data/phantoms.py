@@ -10,7 +10,9 @@ bias field, Rician noise, distractor blobs of organ-like brightness).
 Generation is deterministic: volume `i` of seed `s` depends only on (s, i). `write_phantom_dataset`
 writes the SSL-ALPNet layout that the `phantom` preset reads (`image_{pid}.nii.gz`,
 `label_{pid}.nii.gz`, `supervoxels/superpix-MIDDLE_{pid}.nii.gz`, pids 1..n) with a flipped,
-offset affine; `make_phantoms` / `phantom_volumes` give the same data in memory.
+offset affine, and `phantoms.json` with the generator version (the bundle rewrites a folder of
+another version); `make_phantoms` / `phantom_volumes` give the same data in memory. The supervoxels
+are organ-scale like CHAOST2's (see `_supervoxels`), so supervoxel episodes mean what they mean there.
 
 Arrays here are in slice-space order (depth, rows, cols); on disk they are stored as (X, Y, Z) =
 (cols, rows, depth), which `scripts.data.volumes` reads back to the same order. Rows run from
@@ -20,15 +22,18 @@ patient's right (liver, right kidney) is on the image's left.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 __all__ = ["PhantomCase", "make_phantom", "make_phantoms", "phantom_volumes", "write_phantom_dataset",
-           "PHANTOM_LABELS"]
+           "written_by_this_version", "PHANTOM_LABELS"]
 
 PHANTOM_LABELS = {"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4}
+GENERATOR_VERSION = 2  # bump when the phantoms change: a dataset folder written by another version is rewritten
+MARKER_FILE = "phantoms.json"
 SLICE_THICKNESS_MM = 6.0
 FIELD_OF_VIEW_MM = 300.0  # in-plane spacing = FOV / size (2.34 mm at 128)
 
@@ -99,9 +104,31 @@ def _organ_z(rng: np.random.Generator, depth: int, centre: tuple[float, float], 
     return z_centre, z_half
 
 
-def _supervoxels(rng: np.random.Generator, body: np.ndarray, tissue: np.ndarray, n_seeds: int = 48) -> np.ndarray:
-    """Voronoi cells of random seeds inside the body (cells elongated along z), split by tissue, ids 1..N."""
+def _blur(rng: np.random.Generator, mask: np.ndarray, sigma: tuple[float, ...], jitter: float) -> np.ndarray:
+    """A smoothed {0, 1} mask plus `jitter` of smooth noise: thresholding it at 0.5 moves the
+    boundary by a few pixels, as an image-driven over-segmentation's boundaries stray from the truth."""
+    shape = mask.shape
+    freqs = np.meshgrid(*[np.fft.fftfreq(n) for n in shape[:-1]], np.fft.rfftfreq(shape[-1]), indexing="ij")
+    gain = np.exp(-2.0 * np.pi ** 2 * sum((f * s) ** 2 for f, s in zip(freqs, sigma)))
+    smooth = np.fft.irfftn(np.fft.rfftn(mask.astype(np.float32)) * gain, s=shape)
+    return smooth + jitter * _smooth_noise(rng, shape, tuple(3 * s for s in sigma))
+
+
+def _supervoxels(rng: np.random.Generator, body: np.ndarray, tissue: np.ndarray, n_seeds: int = 8) -> np.ndarray:
+    """Organ-scale 3D supervoxels inside the body, ids 1..N, shaped like the real CHAOST2 files.
+
+    The SSL-ALPNet supervoxels shipped with CHAOST2 are few and large (20-30 per volume, spanning most
+    slices; an organ's largest supervoxel covers 60-97% of it at 70-99% purity), so supervoxel
+    episodes there are close to organ episodes. Here: the tissue map with boundaries that stray by a
+    few pixels, cut by a few Voronoi cells that run through the whole stack (z counts little in the
+    distance), one supervoxel per (cell, tissue) pair.
+    """
     depth, size = body.shape[0], body.shape[1]
+    values = [v for v in np.unique(tissue[body]) if v != 0]
+    sigma = (0.5, 1.5 * size / 128, 1.5 * size / 128)
+    scores = np.stack([np.full(body.shape, 0.5, dtype=np.float32)] +
+                      [_blur(rng, tissue == v, sigma, 0.08).astype(np.float32) for v in values])
+    strayed = np.asarray([0, *values])[np.argmax(scores, axis=0)]
     inside = np.argwhere(body)
     seeds = inside[rng.choice(len(inside), size=min(n_seeds, len(inside)), replace=False)].astype(np.float32)
     z = np.arange(depth, dtype=np.float32)[:, None, None] / depth
@@ -110,11 +137,11 @@ def _supervoxels(rng: np.random.Generator, body: np.ndarray, tissue: np.ndarray,
     best = np.full(body.shape, np.inf, dtype=np.float32)
     cell = np.zeros(body.shape, dtype=np.int32)
     for i, (sz, sr, sc) in enumerate(seeds):
-        d = ((z - sz / depth) * 0.7) ** 2 + (r - sr / size) ** 2 + (c - sc / size) ** 2
+        d = ((z - sz / depth) * 0.15) ** 2 + (r - sr / size) ** 2 + (c - sc / size) ** 2
         closer = d < best
         best = np.where(closer, d, best)
         cell[closer] = i
-    key = cell * 16 + tissue.astype(np.int32)  # one supervoxel per (cell, tissue) pair
+    key = cell * 16 + strayed.astype(np.int32)
     out = np.zeros(body.shape, dtype=np.int32)
     _, ids = np.unique(key[body], return_inverse=True)
     out[body] = ids.reshape(-1).astype(np.int32) + 1
@@ -271,4 +298,15 @@ def write_phantom_dataset(out_dir: str | Path, n_volumes: int = 8, size: int = 1
             img.set_qform(case.affine, code=1)
             img.set_sform(case.affine, code=1)
             nib.save(img, out_dir / name)
+    # written last: a folder holds a whole dataset of this version only once the marker is there
+    (out_dir / MARKER_FILE).write_text(json.dumps({"generator_version": GENERATOR_VERSION, "n_volumes": n_volumes,
+                                                   "size": size, "depth": depth, "seed": seed}) + "\n")
     return out_dir
+
+
+def written_by_this_version(folder: str | Path) -> bool:
+    """Whether `folder` holds a complete phantom dataset written by this generator version."""
+    try:
+        return json.loads((Path(folder) / MARKER_FILE).read_text()).get("generator_version") == GENERATOR_VERSION
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -20,11 +20,12 @@ def load_volumes(dataset_dir, dataset, with_supervoxels: bool = False, phantom_v
     """Load a dataset; the ``phantom`` dataset is generated on first use (the embedded default)."""
     preset = get_preset(dataset)
     root = Path(dataset_dir)
-    if preset.name == "phantom" and not any(root.glob("image_*.nii*")):
-        from scripts.data.phantoms import write_phantom_dataset
+    if preset.name == "phantom":
+        from scripts.data.phantoms import write_phantom_dataset, written_by_this_version
 
-        logger.info("writing %d phantom volumes to %s", phantom_volumes, root)
-        write_phantom_dataset(root, n_volumes=phantom_volumes)
+        if not written_by_this_version(root):  # absent, half-written, or from an older generator
+            logger.info("writing %d phantom volumes to %s", phantom_volumes, root)
+            write_phantom_dataset(root, n_volumes=phantom_volumes)
     if not root.is_dir():
         raise DataError(f"dataset folder {root} does not exist (set dataset_dir)")
     return load_dataset(root, preset, with_supervoxels=with_supervoxels)
