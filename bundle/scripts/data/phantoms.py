@@ -55,12 +55,17 @@ class PhantomCase:
         return np.ascontiguousarray(np.asarray(arr).transpose(2, 1, 0))
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: tuple[float, ...]) -> np.ndarray:
-    """Unit-variance Gaussian-filtered white noise (FFT filter: numpy only, periodic borders)."""
-    white = rng.standard_normal(shape)
+def _gaussian_filter(values: np.ndarray, sigma: tuple[float, ...]) -> np.ndarray:
+    """Gaussian filter by FFT (numpy only, periodic borders)."""
+    shape = values.shape
     freqs = np.meshgrid(*[np.fft.fftfreq(n) for n in shape[:-1]], np.fft.rfftfreq(shape[-1]), indexing="ij")
     gain = np.exp(-2.0 * np.pi ** 2 * sum((f * s) ** 2 for f, s in zip(freqs, sigma)))
-    out = np.fft.irfftn(np.fft.rfftn(white) * gain, s=shape)
+    return np.fft.irfftn(np.fft.rfftn(values) * gain, s=shape)
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: tuple[float, ...]) -> np.ndarray:
+    """Unit-variance Gaussian-filtered white noise."""
+    out = _gaussian_filter(rng.standard_normal(shape), sigma)
     return (out - out.mean()) / (out.std() + 1e-8)
 
 
@@ -107,11 +112,8 @@ def _organ_z(rng: np.random.Generator, depth: int, centre: tuple[float, float], 
 def _blur(rng: np.random.Generator, mask: np.ndarray, sigma: tuple[float, ...], jitter: float) -> np.ndarray:
     """A smoothed {0, 1} mask plus `jitter` of smooth noise: thresholding it at 0.5 moves the
     boundary by a few pixels, as an image-driven over-segmentation's boundaries stray from the truth."""
-    shape = mask.shape
-    freqs = np.meshgrid(*[np.fft.fftfreq(n) for n in shape[:-1]], np.fft.rfftfreq(shape[-1]), indexing="ij")
-    gain = np.exp(-2.0 * np.pi ** 2 * sum((f * s) ** 2 for f, s in zip(freqs, sigma)))
-    smooth = np.fft.irfftn(np.fft.rfftn(mask.astype(np.float32)) * gain, s=shape)
-    return smooth + jitter * _smooth_noise(rng, shape, tuple(3 * s for s in sigma))
+    smooth = _gaussian_filter(mask.astype(np.float32), sigma)
+    return smooth + jitter * _smooth_noise(rng, mask.shape, tuple(3 * s for s in sigma))
 
 
 def _supervoxels(rng: np.random.Generator, body: np.ndarray, tissue: np.ndarray, n_seeds: int = 8) -> np.ndarray:
