@@ -120,10 +120,10 @@ def _supervoxels(rng: np.random.Generator, body: np.ndarray, tissue: np.ndarray,
     """Organ-scale 3D supervoxels inside the body, ids 1..N, shaped like the real CHAOST2 files.
 
     The SSL-ALPNet supervoxels shipped with CHAOST2 are few and large (20-30 per volume, spanning most
-    slices; an organ's largest supervoxel covers 60-97% of it at 70-99% purity), so supervoxel
-    episodes there are close to organ episodes. Here: the tissue map with boundaries that stray by a
-    few pixels, cut by a few Voronoi cells that run through the whole stack (z counts little in the
-    distance), one supervoxel per (cell, tissue) pair.
+    slices; measured on three patients, an organ's largest supervoxel covers 33-97% of it at 67-99%
+    purity), so supervoxel episodes there are close to organ episodes. Here: the tissue map with
+    boundaries that stray by a few pixels, cut by a few Voronoi cells that run through the whole
+    stack (z counts little in the distance), one supervoxel per (cell, tissue) pair.
     """
     depth, size = body.shape[0], body.shape[1]
     values = [v for v in np.unique(tissue[body]) if v != 0]
