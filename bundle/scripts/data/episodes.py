@@ -9,7 +9,9 @@ Two label sources, as in the field:
 
 Two settings for the test classes:
 - Setting 1: test classes may appear in training slices, unlabelled (background of the episode).
-- Setting 2: every slice that contains a test class is dropped, for support and query alike.
+  With no test class at all, every labelled class trains (the shipped model).
+- Setting 2: every slice that contains a test class is dropped, for support and query alike; it
+  needs at least one test class (without one it would be Setting 1, and is refused).
   `exclusion_rule="any"` drops a slice holding any test class (correct); "all" reproduces the bug of
   the SSL-ALPNet lineage, which dropped only slices holding every test class at once.
 
@@ -139,6 +141,11 @@ class EpisodeDataset(Dataset):
         overlap = set(self.train_values) & set(self.test_values)
         if overlap:
             raise ValueError(f"classes {sorted(overlap)} are both training and test classes")
+        if setting == 2 and not self.test_values:
+            # Setting 2 is defined by the test classes it keeps out of training; with none it would
+            # silently be Setting 1 under another name (and a run named s2 that is not)
+            raise ValueError("Setting 2 drops the slices of the test classes, but no test class is given "
+                             "(test_labels is empty): use setting 1 to train on every class")
         if not volumes:
             raise EpisodeError("no volumes given")
         self.volumes = list(volumes)

@@ -24,7 +24,10 @@ def volume_key(image: np.ndarray) -> str:
 
 
 class LatentCache:
-    """pid -> (D, C, h, w) float32 latents of a list of volumes; ``None`` folder = memory only."""
+    """pid -> (D, C, h, w) float32 latents of a list of volumes; ``None`` folder = memory only.
+
+    Pids must be unique across the volumes added: a second dataset's are namespaced ("cmr:1",
+    ``experiment.namespaced``); a pid added again with another image is an error, not a stale read."""
 
     def __init__(self, encode, autoencoder_name: str, folder: str | Path | None = None, chunk: int = 16):
         self.encode = encode
@@ -32,15 +35,23 @@ class LatentCache:
         self.folder = Path(folder) / autoencoder_name if folder else None
         self.chunk = chunk
         self.latents: dict[str, torch.Tensor] = {}
+        self.keys: dict[str, str] = {}  # pid -> content hash of the image it was added with
 
     def add_volumes(self, volumes) -> "LatentCache":
         for volume in volumes:
+            key = volume_key(volume.image)
+            if volume.pid in self.keys and self.keys[volume.pid] != key:
+                raise ValueError(f"latent cache: pid {volume.pid!r} was added with another image; pids of "
+                                 "different datasets must be namespaced (e.g. 'cmr:1')")
             if volume.pid not in self.latents:
-                self.latents[volume.pid] = self._load_or_encode(volume)
+                self.latents[volume.pid] = self._load_or_encode(volume, key)
+                self.keys[volume.pid] = key
         return self
 
-    def _load_or_encode(self, volume) -> torch.Tensor:
-        path = self.folder / f"{volume.pid}_{volume_key(volume.image)}.pt" if self.folder else None
+    def _load_or_encode(self, volume, key: str) -> torch.Tensor:
+        # an extra dataset's pid is "<dataset>:<pid>"; ':' is no file-name character on every system
+        name = str(volume.pid).replace(":", "-")
+        path = self.folder / f"{name}_{key}.pt" if self.folder else None
         if path is not None and path.is_file():
             try:
                 return torch.load(path, map_location="cpu", weights_only=True).float()

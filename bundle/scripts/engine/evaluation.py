@@ -29,9 +29,14 @@ def build_method(name: str, checkpoint=None, device="cpu", **overrides):
 
 def cases_for_modes(volumes, labels: dict, modes, shots: int = 1, n_folds: int = 5, folds=None) -> list[dict]:
     """The evaluate workflow's dataset: every protocol case of every requested mode."""
+    from scripts.engine.experiment import as_fold
     from scripts.protocol.evaluate import protocol_cases
 
     modes = [modes] if isinstance(modes, str) else list(modes)
+    folds = None if folds is None else [as_fold(f) for f in folds]  # `--fold null` arrives as "null"
+    if folds is not None and any(f is None for f in folds):
+        raise ValueError("eval_folds holds None: a run trained with fold null saw every patient, so no fold is "
+                         "held out to evaluate it on (give eval_folds a list, e.g. [0], to score training patients)")
     return [case for mode in modes for case in protocol_cases(volumes, labels, mode, shots, n_folds, folds)]
 
 

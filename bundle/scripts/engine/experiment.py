@@ -2,15 +2,24 @@
 
 Small functions the bundle configs call so that the YAML reads as the experiment's specification
 (dataset, fold, setting, test labels) while the rules live in one tested place.
+
+`fold: null` trains on every patient, `test_labels: []` makes every class a training class, and
+`extra_datasets` adds more datasets to one training (`load_extra_datasets`, `episode_dataset`):
+the model the bundle ships is trained that way on every labelled class there is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from scripts.data.episodes import EpisodeDataset
+from scripts.data.mixture import EpisodeMixture
 from scripts.data.presets import get_preset
-from scripts.data.volumes import DataError, load_dataset
+from scripts.data.volumes import DataError, Volume, load_dataset
 from scripts.protocol.folds import make_folds
 
 logger = logging.getLogger(__name__)
@@ -31,8 +40,24 @@ def load_volumes(dataset_dir, dataset, with_supervoxels: bool = False, phantom_v
     return load_dataset(root, preset, with_supervoxels=with_supervoxels)
 
 
-def split_fold(volumes, fold: int, n_folds: int = 5):
-    """(training volumes, test volumes) of one cross-validation fold over patients."""
+def as_fold(fold) -> int | None:
+    """A fold index, or None for "no fold held out". On the command line that is `--fold null`,
+    which arrives as the string "null" ("none" is read the same way): `monai.bundle run` drops
+    overrides whose value is None, so `--fold None` never reaches the config."""
+    if fold is None or (isinstance(fold, str) and fold.strip().lower() in ("none", "null")):
+        return None
+    try:
+        return int(fold)
+    except (TypeError, ValueError):
+        raise ValueError(f"fold must be an integer or None (every patient trains), got {fold!r}") from None
+
+
+def split_fold(volumes, fold: int | None, n_folds: int = 5):
+    """(training volumes, test volumes) of one cross-validation fold over patients; fold None:
+    (every volume, none)."""
+    fold = as_fold(fold)
+    if fold is None:
+        return list(volumes), []
     folds = make_folds([v.pid for v in volumes], n_folds)
     if not 0 <= fold < len(folds):
         raise ValueError(f"fold {fold} does not exist: {len(folds)} folds")
@@ -51,9 +76,115 @@ def label_values(dataset, names) -> dict[str, int]:
 
 
 def training_values(dataset, test_names) -> dict[str, int]:
-    """Every labelled class of the dataset that is not a test class."""
+    """Every labelled class of the dataset that is not a test class (all of them for `[]`)."""
     test = set(label_values(dataset, test_names))
     return {n: v for n, v in get_preset(dataset).labels.items() if n not in test}
+
+
+def run_name(dataset, setting, test_labels, fold, extra_datasets=()) -> str:
+    """`<dataset>_s<setting>_<test labels>_fold<k>`, as the runs so far are named; `all-classes`
+    when nothing is held out, `all-patients` for fold None, `+<name>` per extra dataset."""
+    names = [test_labels] if isinstance(test_labels, str) else list(test_labels or [])
+    fold = as_fold(fold)
+    datasets = "+".join([str(dataset)] + [get_preset(entry.get("dataset")).name for entry in extra_datasets or []
+                                           if isinstance(entry, Mapping) and entry.get("dataset") is not None])
+    return "{}_s{}_{}_{}".format(datasets, setting, "-".join(names) or "all-classes",
+                                 "all-patients" if fold is None else f"fold{fold}")
+
+
+# ---- several datasets in one training --------------------------------------------------------
+EXTRA_KEYS = {"dataset": None, "dataset_dir": None, "test_labels": [], "fold": None, "n_folds": 5}
+
+
+@dataclass
+class ExtraDataset:
+    """One entry of `extra_datasets`, loaded: its volumes carry pids `<name>:<pid>`."""
+
+    name: str                     # the preset's name: the namespace of its pids
+    volumes: list[Volume]
+    train_volumes: list[Volume]
+    train_values: dict[str, int]  # label values of *this* dataset (1 is liver in CHAOST2, nothing in CMR)
+    test_values: dict[str, int]
+
+
+def namespaced(volumes, name: str) -> list[Volume]:
+    """The volumes with pids `<name>:<pid>`, so two datasets' patient "1" stay apart in the latent
+    cache and the validation; the arrays are shared, the original pid is kept in `meta`."""
+    return [dataclasses.replace(v, pid=f"{name}:{v.pid}", meta={**v.meta, "dataset": name, "source_pid": v.pid})
+            for v in volumes]
+
+
+def load_extra_datasets(entries, main_dataset, with_supervoxels: bool = False) -> list[ExtraDataset]:
+    """The `extra_datasets` of train.yaml: mappings {dataset, dataset_dir, test_labels=[], fold=None,
+    n_folds=5}. Every patient trains unless the entry names a fold; every class unless it names
+    test labels. The main dataset's pids stay as they are (its caches and checkpoints stay valid)."""
+    if entries is None:
+        return []
+    if isinstance(entries, Mapping) or isinstance(entries, str) or not isinstance(entries, Sequence):
+        raise ValueError(f"extra_datasets must be a list of mappings, got {type(entries).__name__}")
+    seen = {get_preset(main_dataset).name: "the main dataset"}
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"extra_datasets[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{where} must be a mapping like {{dataset: cmr, dataset_dir: ..., test_labels: []}}, "
+                             f"got {entry!r}")
+        unknown = sorted(set(entry) - set(EXTRA_KEYS))
+        if unknown:
+            raise ValueError(f"{where} has unknown keys {unknown}; allowed: {sorted(EXTRA_KEYS)}")
+        missing = [key for key in ("dataset", "dataset_dir") if entry.get(key) is None]
+        if missing:
+            raise ValueError(f"{where} ({entry.get('dataset', 'no dataset')}) needs {' and '.join(missing)}")
+        config = {**EXTRA_KEYS, **entry}
+        try:
+            name = get_preset(config["dataset"]).name
+        except (KeyError, ValueError, TypeError) as error:
+            raise ValueError(f"{where}: {error.args[0] if error.args else error}") from error
+        if name in seen:
+            raise ValueError(f"{where}: dataset '{name}' is already {seen[name]}; a second copy needs a preset "
+                             f"mapping with another name, e.g. {{base: {name}, name: {name}_b}}")
+        seen[name] = where
+        try:
+            test = label_values(config["dataset"], config["test_labels"])
+            train = training_values(config["dataset"], config["test_labels"])
+            volumes = namespaced(load_volumes(config["dataset_dir"], config["dataset"], with_supervoxels), name)
+            train_volumes, _ = split_fold(volumes, config["fold"], config["n_folds"])
+        except ValueError as error:  # DataError is one: keep its type, add which entry it is
+            raise type(error)(f"{where} ({name}): {error}") from error
+        out.append(ExtraDataset(name, volumes, train_volumes, train, test))
+    return out
+
+
+def extra_volumes(extras: Sequence[ExtraDataset]) -> list[Volume]:
+    """The training volumes of the extra datasets, in one list (the latent cache and validation)."""
+    return [v for extra in extras for v in extra.train_volumes]
+
+
+def episode_dataset(volumes, train_values, test_values=(), extras: Sequence[ExtraDataset] = (), n_episodes: int = 1000,
+                    seed: int = 0, **options):
+    """The training episodes: an `EpisodeDataset` of the main dataset, exactly as before, or with
+    extra datasets an `EpisodeMixture` of one `EpisodeDataset` per dataset (same options)."""
+    main = EpisodeDataset(volumes, train_values, test_values, n_episodes=n_episodes, seed=seed, **options)
+    if not extras:
+        return main
+    parts = [main] + [EpisodeDataset(x.train_volumes, list(x.train_values.values()), list(x.test_values.values()),
+                                     n_episodes=n_episodes, seed=seed, **options) for x in extras]
+    names = [str(volumes[0].meta.get("preset", "main"))] + [x.name for x in extras]
+    return EpisodeMixture(parts, names, n_episodes=n_episodes, seed=seed)
+
+
+def training_record(dataset, train_volumes, train_values, test_values, extras=(), setting: int = 1,
+                    label_source: str = "gt") -> dict:
+    """What a model was trained on, stored in its model file (`trained_on`): per dataset its
+    training classes, held-out classes and patients."""
+    def entry(name, volumes, train, test):
+        return {"dataset": name, "classes": {n: int(v) for n, v in train.items()},
+                "held_out_classes": {n: int(v) for n, v in test.items()},
+                "patients": [str(v.meta.get("source_pid", v.pid)) for v in volumes]}
+
+    datasets = [entry(get_preset(dataset).name, train_volumes, train_values, test_values)]
+    datasets += [entry(x.name, x.train_volumes, x.train_values, x.test_values) for x in extras]
+    return {"datasets": datasets, "setting": int(setting), "label_source": str(label_source)}
 
 
 def latest_checkpoint(folder) -> str | None:

@@ -144,10 +144,12 @@ def parameter_groups(segmenter, lr: float, lr_vtct: float) -> list[dict]:
 
 class ExportModel:
     """Writes the EMA weights as the bundle's model file (config + weights) when training ends, so
-    inference, evaluation and MONAI Label load them with ``build_segmenter(checkpoint=...)``."""
+    inference, evaluation and MONAI Label load them with ``build_segmenter(checkpoint=...)``;
+    ``trained_on`` (``experiment.training_record``: datasets, classes, patients) goes in with them."""
 
-    def __init__(self, segmenter, ema: AveragedModel, path: str, half: bool = False):
+    def __init__(self, segmenter, ema: AveragedModel, path: str, half: bool = False, trained_on: dict | None = None):
         self.segmenter, self.ema, self.path, self.half = segmenter, ema, path, half
+        self.trained_on = trained_on
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -157,7 +159,8 @@ class ExportModel:
     def __call__(self, engine) -> None:
         from scripts.network.presets import save_checkpoint_file
 
-        save_checkpoint_file(ema_segmenter(self.segmenter, self.ema), self.path, half=self.half)
+        save_checkpoint_file(ema_segmenter(self.segmenter, self.ema), self.path, half=self.half,
+                             trained_on=self.trained_on)
         engine.logger.info("EMA weights written to %s", self.path)
 
 

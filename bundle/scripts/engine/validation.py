@@ -15,14 +15,24 @@ from scripts.protocol.evaluate import episodes_for, predict_case
 from scripts.protocol.folds import sort_pids
 
 
-def validation_cases(volumes, values: dict[str, int], max_queries: int = 3, mode: str = "ep1") -> list[dict]:
-    """Support = the first training patient, queries = the next ``max_queries``, every class."""
+def validation_cases(volumes, values: dict[str, int], max_queries: int = 3, mode: str = "ep1",
+                     extras=()) -> list[dict]:
+    """Support = the first training patient, queries = the next ``max_queries``, every class; the
+    same within each extra dataset (``experiment.ExtraDataset``: its own patients and label values,
+    organs named ``<dataset>:<organ>``)."""
     pids = sort_pids([v.pid for v in volumes])
     if len(pids) < 2:
         raise ValueError("validation needs at least two training volumes")
     support, queries = pids[0], pids[1: 1 + max_queries]
-    return [{"support_pid": support, "query_pid": q, "organ": n, "value": v, "mode": mode}
-            for n, v in values.items() for q in queries]
+    cases = [{"support_pid": support, "query_pid": q, "organ": n, "value": v, "mode": mode}
+             for n, v in values.items() for q in queries]
+    for extra in extras:
+        try:
+            more = validation_cases(extra.train_volumes, extra.train_values, max_queries, mode)
+        except ValueError as error:
+            raise ValueError(f"extra dataset {extra.name}: {error}") from error
+        cases += [{**case, "organ": f"{extra.name}:{case['organ']}"} for case in more]
+    return cases
 
 
 class CaseIteration:

@@ -68,6 +68,7 @@ class FewShotSegmenter(nn.Module):
             self.dice_weight, self.dice_sharpness, self.query_chunk, self._latent_cache_size,
         )
         other.config, other.unet_config = getattr(self, "config", {}), getattr(self, "unet_config", {})
+        other.trained_on = getattr(self, "trained_on", None)
         set_memory_format(net, self.net.memory_format)
         return other
 

@@ -116,10 +116,10 @@ def build_segmenter(checkpoint: str | Path | None = None, device: str | torch.de
     (None: where it pays, ``speed.default_channels_last``: CPU inference); the frozen autoencoders
     only ever run inference and take NHWC wherever that pays, and on the CPU a frozen TorchScript
     copy of their encoder."""
-    state, unet_config = None, None
+    state, unet_config, trained_on = None, None, None
     if checkpoint is not None:
         stored = load_checkpoint_file(checkpoint)
-        state, unet_config = stored["state_dict"], stored["unet_config"]
+        state, unet_config, trained_on = stored["state_dict"], stored["unet_config"], stored.get("trained_on")
         keys = {**stored["config"], **{k: v for k, v in keys.items() if v is not None}}
     config = model_config(**keys)
     autoencoder = build_autoencoder(
@@ -145,6 +145,7 @@ def build_segmenter(checkpoint: str | Path | None = None, device: str | torch.de
     # diffusers' private bookkeeping (e.g. `_use_default_values`, in hash-seed order) would make
     # identical weights save to different bytes: keep only the architecture
     segmenter.unet_config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    segmenter.trained_on = trained_on  # what the weights were trained on (None: not recorded), kept on re-save
     if state is not None:
         load_trainable_state(segmenter, state, source=str(checkpoint))
     segmenter = segmenter.to(device)
@@ -177,18 +178,26 @@ def load_trainable_state(segmenter: FewShotSegmenter, state: dict, source: str =
     segmenter.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
 
 
-def checkpoint_payload(segmenter: FewShotSegmenter, half: bool = False) -> dict:
+def checkpoint_payload(segmenter: FewShotSegmenter, half: bool = False, trained_on: dict | None = None) -> dict:
+    """config, unet_config and state_dict (what loading needs); `trained_on` (the datasets, classes
+    and patients of the training, `experiment.training_record`) when known: given here, or carried
+    over from the checkpoint the segmenter was built from. Files without it load as before."""
     state = trainable_state(segmenter)
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    return {"config": copy.deepcopy(segmenter.config), "unet_config": segmenter.unet_config, "state_dict": state}
+    payload = {"config": copy.deepcopy(segmenter.config), "unet_config": segmenter.unet_config, "state_dict": state}
+    trained_on = trained_on if trained_on is not None else getattr(segmenter, "trained_on", None)
+    if trained_on is not None:
+        payload["trained_on"] = copy.deepcopy(trained_on)
+    return payload
 
 
-def save_checkpoint_file(segmenter: FewShotSegmenter, path: str | Path, half: bool = False) -> None:
+def save_checkpoint_file(segmenter: FewShotSegmenter, path: str | Path, half: bool = False,
+                         trained_on: dict | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(checkpoint_payload(segmenter, half), tmp)
+    torch.save(checkpoint_payload(segmenter, half, trained_on), tmp)
     tmp.replace(path)  # never a half-written checkpoint
 
 
