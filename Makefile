@@ -11,8 +11,14 @@ DATA ?=
 DATASET ?= $(if $(DATA),chaost2,phantom)
 STEPS ?= 300
 TEST_LABELS ?= [liver,spleen]
+# AUTOENCODER=taef2 AUTOENCODER_PATH=<folder>: the tables' latents instead of the offline unshuffle
+AUTOENCODER ?=
+AUTOENCODER_PATH ?=
+DEMO_RUN := demo_$(DATASET)$(if $(AUTOENCODER),_$(AUTOENCODER),)
 DEMO_ARGS := --dataset $(DATASET) --steps $(STEPS) --test_labels "$(TEST_LABELS)" \
-	$(if $(DATA),--dataset_dir $(abspath $(DATA)),) --run_name demo_$(DATASET)
+	$(if $(DATA),--dataset_dir $(abspath $(DATA)),) --run_name $(DEMO_RUN) \
+	$(if $(AUTOENCODER),--autoencoder $(AUTOENCODER),) \
+	$(if $(AUTOENCODER_PATH),--autoencoder_path $(abspath $(AUTOENCODER_PATH)),)
 
 # Every install and every package build sees the same constraints, so nothing pulls another torch;
 # sam2 (a monailabel dependency) builds without CUDA.
@@ -54,7 +60,7 @@ demo: setup
 		(cd bundle && $(PY) -m monai.bundle run evaluating \
 			--config_file "['configs/train.yaml','configs/evaluate.yaml']" $(DEMO_ARGS) --method $$method) || exit 1; \
 	done
-	$(PY) bundle/scripts/protocol/compare.py bundle/runs/demo_$(DATASET)/eval
+	$(PY) bundle/scripts/protocol/compare.py bundle/runs/$(DEMO_RUN)/eval
 
 # One accuracy table of the protocol as resumable jobs (bundle/scripts/runner/README.md):
 #   make accuracy TABLE=chaost2_s1 [ONLY=pattern] [MAX_JOBS=1] [STEPS=3000]

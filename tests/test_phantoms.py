@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from scripts.data.phantoms import PHANTOM_LABELS, make_phantom, make_phantoms, phantom_volumes, write_phantom_dataset
+from scripts.data.phantoms import (ANATOMY_TARGETS, PHANTOM_LABELS, make_phantom, make_phantoms, organ_statistics,
+                                   phantom_volumes, write_phantom_dataset)
 from scripts.data.volumes import load_dataset, to_original_grid
 
 
@@ -41,6 +42,33 @@ def test_organs_present_contiguous_varied_and_in_place():
         assert row[2] < row[1] and row[3] < row[1]  # kidneys posterior (top, as CHAOS in slice space)
     per_organ = {v: {(z0, z1) for (u, z0, z1) in ranges if u == v} for v in PHANTOM_LABELS.values()}
     assert all(len(r) > 1 for r in per_organ.values())  # z-ranges differ between volumes
+
+
+def test_organ_placement_and_spread_follow_chaost2():
+    """Sizes, positions, z-ranges and their spread between volumes as in CHAOST2 (ANATOMY_TARGETS):
+    with phantoms all alike, copying the support's mask would score far above what it does on the
+    real data, and a method would be judged on an easier task than the one it is for."""
+    labels = [case.label for case in make_phantoms(12, size=64, depth=24, seed=0)]
+    for name, value in PHANTOM_LABELS.items():
+        measured = organ_statistics(labels, value)
+        for key, (mean, spread) in ANATOMY_TARGETS[name].items():
+            got_mean, got_spread = measured[key]
+            assert abs(got_mean - mean) <= max(0.03, 0.25 * mean), (name, key, got_mean, mean)
+            assert got_spread >= 0.4 * spread, (name, key, got_spread, spread)  # not all alike
+
+
+def test_anatomy_targets_are_what_chaost2_measures():
+    """ANATOMY_TARGETS is CHAOST2 measured, not a guess (skips where ../shared is absent)."""
+    from scripts.data.presets import get_preset  # noqa: PLC0415
+    from shared_paths import shared_path  # noqa: PLC0415
+
+    volumes = load_dataset(shared_path("data", "CHAOST2"), "chaost2")
+    values = get_preset("chaost2").labels
+    for name, targets in ANATOMY_TARGETS.items():
+        measured = organ_statistics([v.label for v in volumes], values[name])
+        for key, (mean, spread) in targets.items():
+            assert measured[key][0] == pytest.approx(mean, abs=0.006), (name, key)
+            assert measured[key][1] == pytest.approx(spread, abs=0.006), (name, key)
 
 
 def test_contrast_is_organ_like_but_not_constant():

@@ -76,9 +76,11 @@ def _loss_curve(optimizer_name: str, lr: float, steps: int = 30) -> tuple[list[f
 
 
 def test_adafactor_follows_adamw_with_a_fraction_of_its_states():
-    """The lean optimizer (for the GPU memory goal) trains as well as AdamW over the same steps."""
+    """The lean optimizer (for the GPU memory goal) trains as well as AdamW over the same steps, at
+    the relative lr train.yaml documents (2e-2: at torch's default 1e-2 its loss after 30 steps was
+    1.18x AdamW's on these phantoms, at 2e-2 1.05x)."""
     adamw, adamw_bytes = _loss_curve("adamw", 1e-3)
-    adafactor, adafactor_bytes = _loss_curve("adafactor", 1e-2)
+    adafactor, adafactor_bytes = _loss_curve("adafactor", 2e-2)
     assert np.mean(adafactor[-6:]) < 0.8 * np.mean(adafactor[:4]), adafactor       # it trains
     assert np.mean(adafactor[-6:]) < 1.15 * np.mean(adamw[-6:]), (adafactor, adamw)  # about as well
     assert adafactor_bytes < 0.5 * adamw_bytes, (adafactor_bytes, adamw_bytes)

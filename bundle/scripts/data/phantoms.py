@@ -2,7 +2,8 @@
 
 Each phantom is a small T2-like axial stack with a body outline, a spine, bowel-like distractors and
 four labelled organs in the CHAOS label convention (1 liver, 2 right kidney, 3 left kidney,
-4 spleen). Shapes, positions, sizes, z-ranges, contrasts and textures vary per volume, so a
+4 spleen). Shapes, positions, sizes, z-ranges, contrasts and textures vary per volume, and organ
+sizes, placement and their spread between volumes follow CHAOST2's labels (`ANATOMY_TARGETS`), so a
 few-shot method has to match support and query rather than memorise one picture; organs differ
 from their surroundings in mean intensity and texture, never by a constant value (smooth texture,
 bias field, Rician noise, distractor blobs of organ-like brightness).
@@ -17,7 +18,8 @@ are organ-scale like CHAOST2's (see `_supervoxels`), so supervoxel episodes mean
 Arrays here are in slice-space order (depth, rows, cols); on disk they are stored as (X, Y, Z) =
 (cols, rows, depth), which `scripts.data.volumes` reads back to the same order. Rows run from
 posterior (spine, top of the image) to anterior, as the CHAOS slices appear in slice space; the
-patient's right (liver, right kidney) is on the image's left.
+patient's right (liver, right kidney) is on the image's left; slices run from inferior to superior
+(the kidneys below the liver), as CHAOST2's do.
 """
 
 from __future__ import annotations
@@ -29,13 +31,24 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["PhantomCase", "make_phantom", "make_phantoms", "phantom_volumes", "write_phantom_dataset",
-           "written_by_this_version", "PHANTOM_LABELS"]
+           "written_by_this_version", "organ_statistics", "PHANTOM_LABELS", "ANATOMY_TARGETS"]
 
 PHANTOM_LABELS = {"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4}
-GENERATOR_VERSION = 2  # bump when the phantoms change: a dataset folder written by another version is rewritten
+GENERATOR_VERSION = 3  # bump when the phantoms change: a dataset folder written by another version is rewritten
 MARKER_FILE = "phantoms.json"
 SLICE_THICKNESS_MM = 6.0
 FIELD_OF_VIEW_MM = 300.0  # in-plane spacing = FOV / size (2.34 mm at 128)
+
+# CHAOST2's organs, measured on its 20 labelled volumes with `organ_statistics` (slice space,
+# normalised coordinates; z from the first to the last slice): (mean, standard deviation between
+# volumes) of the row and column of the centroid, the middle of the z-range, the z-extent as a
+# fraction of the stack, and the largest cross-section as a fraction of the slice.
+ANATOMY_TARGETS = {
+    "liver":        {"row": (0.51, 0.037), "col": (0.29, 0.031), "z_mid": (0.59, 0.057), "z_extent": (0.65, 0.094), "max_area": (0.180, 0.032)},
+    "spleen":       {"row": (0.36, 0.051), "col": (0.78, 0.040), "z_mid": (0.61, 0.076), "z_extent": (0.39, 0.089), "max_area": (0.044, 0.016)},
+    "left_kidney":  {"row": (0.37, 0.040), "col": (0.69, 0.030), "z_mid": (0.37, 0.088), "z_extent": (0.42, 0.058), "max_area": (0.024, 0.004)},
+    "right_kidney": {"row": (0.39, 0.050), "col": (0.28, 0.028), "z_mid": (0.35, 0.080), "z_extent": (0.40, 0.067), "max_area": (0.026, 0.004)},
+}
 
 
 @dataclass
@@ -158,9 +171,12 @@ def make_phantom(index: int, size: int = 128, depth: int = 24, seed: int = 0) ->
     g = _Grid(size, depth)
     shape = (depth, size, size)
 
+    # Organ sizes, positions, z-ranges and their spread between volumes follow CHAOST2's labels
+    # (measured on its 20 volumes, see ANATOMY_TARGETS): a phantom series is then as hard for a
+    # method that copies the support's mask as the real data is, and organs are as large in latent pixels.
     # body outline: an ellipse whose radius wobbles with angle and breathes a little along z
-    bc_r, bc_c = 0.52 + rng.normal(0, 0.015), 0.5 + rng.normal(0, 0.015)
-    b_r, b_c = rng.uniform(0.30, 0.36), rng.uniform(0.40, 0.46)
+    bc_r, bc_c = 0.52 + rng.normal(0, 0.03), 0.5 + rng.normal(0, 0.025)
+    b_r, b_c = rng.uniform(0.31, 0.39), rng.uniform(0.41, 0.47)
     zz = g.z / depth
     b_scale = 1.0 + rng.uniform(-0.05, 0.05) * (zz - 0.5)
     theta = np.arctan2((g.r - bc_r) / b_r, (g.c - bc_c) / b_c)
@@ -175,22 +191,23 @@ def make_phantom(index: int, size: int = 128, depth: int = 24, seed: int = 0) ->
     canal = np.broadcast_to(((g.r - sp_r + 0.04) ** 2 + (g.c - sp_c) ** 2) <= 0.016 ** 2, shape)
 
     # organs, in slice-space normalised coordinates (rows posterior->anterior, cols patient right->left)
-    liver_z = _organ_z(rng, depth, (0.32, 0.42), (0.28, 0.36))
-    liver = _blob(g, rng, (bc_r + rng.uniform(-0.05, 0.02), bc_c - b_c * rng.uniform(0.45, 0.55)),
-                  (rng.uniform(0.17, 0.22), rng.uniform(0.15, 0.19)), *liver_z, angle_deg=rng.uniform(-20, 20),
+    # z runs from inferior to superior as in CHAOST2's slice order: the kidneys lie below the liver
+    liver_z = _organ_z(rng, depth, (0.50, 0.68), (0.25, 0.40))
+    liver = _blob(g, rng, (bc_r + rng.uniform(-0.04, 0.03), bc_c - b_c * rng.uniform(0.46, 0.70)),
+                  (rng.uniform(0.20, 0.33), rng.uniform(0.18, 0.27)), *liver_z, angle_deg=rng.uniform(-20, 20),
                   wobble=0.12)
     lobe = _blob(g, rng, (bc_r + rng.uniform(0.06, 0.12), bc_c + rng.uniform(-0.06, 0.04)),
                  (rng.uniform(0.07, 0.10), rng.uniform(0.11, 0.16)), liver_z[0] - 0.15 * liver_z[1],
                  0.6 * liver_z[1], angle_deg=rng.uniform(-25, 5), wobble=0.1)
     liver = liver | lobe
-    spleen_z = _organ_z(rng, depth, (0.30, 0.45), (0.14, 0.20))
-    spleen = _blob(g, rng, (sp_r + rng.uniform(0.06, 0.12), bc_c + b_c * rng.uniform(0.55, 0.68)),
-                   (rng.uniform(0.10, 0.13), rng.uniform(0.05, 0.07)), *spleen_z, angle_deg=rng.uniform(-40, -15))
+    spleen_z = _organ_z(rng, depth, (0.48, 0.74), (0.12, 0.27))
+    spleen = _blob(g, rng, (sp_r + rng.uniform(-0.03, 0.09), bc_c + b_c * rng.uniform(0.56, 0.76)),
+                   (rng.uniform(0.17, 0.30), rng.uniform(0.09, 0.14)), *spleen_z, angle_deg=rng.uniform(-40, -15))
     kidneys = []
-    for side, z_centre in ((-1, (0.55, 0.68)), (1, (0.50, 0.62))):  # right kidney (image left) sits lower
-        kz = _organ_z(rng, depth, z_centre, (0.16, 0.22))
-        kidneys.append(_blob(g, rng, (sp_r + rng.uniform(0.02, 0.06), sp_c + side * rng.uniform(0.14, 0.18)),
-                             (rng.uniform(0.065, 0.08), rng.uniform(0.04, 0.05)), *kz,
+    for side, z_centre in ((-1, (0.20, 0.48)), (1, (0.23, 0.51))):  # right kidney (image left) sits lower
+        kz = _organ_z(rng, depth, z_centre, (0.16, 0.25))
+        kidneys.append(_blob(g, rng, (sp_r + rng.uniform(0.09, 0.16), sp_c + side * rng.uniform(0.17, 0.23)),
+                             (rng.uniform(0.10, 0.125), rng.uniform(0.062, 0.078)), *kz,
                              angle_deg=side * rng.uniform(15, 35), wobble=0.05, drift=0.01))
 
     label = np.zeros(shape, dtype=np.int16)
@@ -249,6 +266,23 @@ def make_phantom(index: int, size: int = 128, depth: int = 24, seed: int = 0) ->
     case = PhantomCase(str(index + 1), image, label, supervoxels, (SLICE_THICKNESS_MM, spacing_rc, spacing_rc), affine)
     _check(case)
     return case
+
+
+def organ_statistics(labels: list[np.ndarray], value: int) -> dict[str, tuple[float, float]]:
+    """(mean, std) over volumes of one organ's placement and size, as in ANATOMY_TARGETS; each label
+    is (depth, rows, cols) and must contain the organ."""
+    rows = []
+    for label in labels:
+        organ = label == value
+        z, r, c = np.nonzero(organ)
+        if z.size == 0:
+            raise ValueError(f"label value {value} is missing from a volume")
+        depth, height, width = organ.shape
+        rows.append((r.mean() / height, c.mean() / width, (z.min() + z.max()) / 2 / depth,
+                     len(np.unique(z)) / depth, organ.sum(axis=(1, 2)).max() / (height * width)))
+    rows = np.asarray(rows)
+    return {key: (float(rows[:, i].mean()), float(rows[:, i].std()))
+            for i, key in enumerate(("row", "col", "z_mid", "z_extent", "max_area"))}
 
 
 def _check(case: PhantomCase) -> None:
