@@ -23,3 +23,14 @@ def device_ids(device: torch.device):
 def init_process_group() -> None:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def destroy_process_group() -> None:
+    """Leave the group, and tell ignite: its distributed helpers cache the context they last saw, so
+    a later workflow in the same process (a notebook, a test run) would still ask the destroyed
+    group for its rank."""
+    import ignite.distributed as idist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    idist.sync()
