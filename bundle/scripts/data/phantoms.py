@@ -34,7 +34,7 @@ __all__ = ["PhantomCase", "make_phantom", "make_phantoms", "phantom_volumes", "w
            "written_by_this_version", "organ_statistics", "PHANTOM_LABELS", "ANATOMY_TARGETS"]
 
 PHANTOM_LABELS = {"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4}
-GENERATOR_VERSION = 3  # bump when the phantoms change: a dataset folder written by another version is rewritten
+GENERATOR_VERSION = 4  # bump when the phantoms change: a dataset folder written by another version is rewritten
 MARKER_FILE = "phantoms.json"
 SLICE_THICKNESS_MM = 6.0
 FIELD_OF_VIEW_MM = 300.0  # in-plane spacing = FOV / size (2.34 mm at 128)
@@ -135,8 +135,10 @@ def _supervoxels(rng: np.random.Generator, body: np.ndarray, tissue: np.ndarray,
     The SSL-ALPNet supervoxels shipped with CHAOST2 are few and large (20-30 per volume, spanning most
     slices; measured on three patients, an organ's largest supervoxel covers 33-97% of it at 67-99%
     purity), so supervoxel episodes there are close to organ episodes. Here: the tissue map with
-    boundaries that stray by a few pixels, cut by a few Voronoi cells that run through the whole
-    stack (z counts little in the distance), one supervoxel per (cell, tissue) pair.
+    boundaries that stray by a few pixels; the tissue outside the labelled organs is cut by a few
+    Voronoi cells that run through the whole stack (z counts little in the distance), one
+    supervoxel per (cell, tissue) pair, and `make_phantom` gives each its own brightness, so that,
+    as with real supervoxels, their boundaries are in the image.
     """
     depth, size = body.shape[0], body.shape[1]
     values = [v for v in np.unique(tissue[body]) if v != 0]
@@ -156,7 +158,8 @@ def _supervoxels(rng: np.random.Generator, body: np.ndarray, tissue: np.ndarray,
         closer = d < best
         best = np.where(closer, d, best)
         cell[closer] = i
-    key = cell * 16 + strayed.astype(np.int32)
+    organ = (strayed >= 1) & (strayed <= 4)  # labelled organs stay whole, as far as their strayed outline goes
+    key = np.where(organ, 0, cell * 16) + strayed.astype(np.int32)
     out = np.zeros(body.shape, dtype=np.int32)
     _, ids = np.unique(key[body], return_inverse=True)
     out[body] = ids.reshape(-1).astype(np.int32) + 1
@@ -225,12 +228,18 @@ def make_phantom(index: int, size: int = 128, depth: int = 24, seed: int = 0) ->
         tissue[blob] = rng.uniform(0.15, 0.75)
         distract |= blob
 
+    # supervoxels before intensities: the soft-tissue compartments they cut out differ in brightness
+    # (as fat and muscle do), so their boundaries are in the image, as real supervoxels' are
+    organ_tissue = label.astype(np.int32) + 8 * vert + 9 * rim + 10 * distract
+    supervoxels = _supervoxels(rng, body, organ_tissue)
+    compartment = 1.0 + rng.uniform(-0.2, 0.2, size=int(supervoxels.max()) + 1)
+
     # intensities: T2-like, random per volume; texture, bias field and Rician noise on top
     fine = _smooth_noise(rng, shape, (0.3, 1.2 * size / 128, 1.2 * size / 128))
     coarse = _smooth_noise(rng, shape, (1.0, 4.0 * size / 128, 4.0 * size / 128))
     img = np.full(shape, 0.0, dtype=np.float32)
     soft = rng.uniform(0.25, 0.33)
-    img[body] = soft + 0.05 * coarse[body]
+    img[body] = soft * compartment[supervoxels[body]] + 0.05 * coarse[body]
     img[rim] = rng.uniform(0.38, 0.46) + 0.04 * fine[rim]
     img[distract] = tissue[distract] + 0.05 * fine[distract]
     img[vert] = rng.uniform(0.10, 0.16) + 0.02 * fine[vert]
@@ -255,8 +264,6 @@ def make_phantom(index: int, size: int = 128, depth: int = 24, seed: int = 0) ->
     img = np.sqrt((img + sigma * rng.standard_normal(shape)) ** 2 + (sigma * rng.standard_normal(shape)) ** 2)
     image = (img * 1000.0).astype(np.float32)
 
-    organ_tissue = label.astype(np.int32) + 8 * vert + 9 * rim + 10 * distract
-    supervoxels = _supervoxels(rng, body, organ_tissue)
 
     spacing_rc = FIELD_OF_VIEW_MM / size
     affine = np.array([[-spacing_rc, 0, 0, FIELD_OF_VIEW_MM / 2],
