@@ -115,27 +115,23 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"checkpoint {args.checkpoint} does not exist")
     from monai.bundle import ConfigParser
 
-    overrides = _parse_overrides(rest)
+    config = ConfigParser()
+    config.read_config(args.config_file)
+    config["bundle_root"] = str(BUNDLE)
+    for key, value in _parse_overrides(rest).items():
+        config[key] = value
+    config["label_source"] = "both"  # volumes are loaded once, with supervoxels, for both kinds of episode
+    config["steps"] = max(1, args.episodes // int(config["batch_size"]))
+    segmenter = _load_weights(config.get_parsed_content("segmenter"), args.checkpoint, args.weights)
+    episodes = config.get_parsed_content("train#dataset", instantiate=False)  # built below, once per source
+    iteration = EpisodeIteration(config.get_parsed_content("latent_cache"))  # no augmentation
+    batch_size = int(config["batch_size"])
     results = {}
-    segmenter = None
     for source in ("gt", "supervoxel"):
-        config = ConfigParser()
-        config.read_config(args.config_file)
-        config["bundle_root"] = str(BUNDLE)
-        for key, value in overrides.items():
-            config[key] = value
-        # one label source at a time: episodes of that kind only
-        config["label_source"] = source
-        config["supervoxel_probability"] = 1.0 if source == "supervoxel" else 0.0
-        config["steps"] = max(1, args.episodes // int(config["batch_size"]))
-        if segmenter is None:
-            segmenter = _load_weights(config.get_parsed_content("segmenter"), args.checkpoint, args.weights)
-        dataset = config.get_parsed_content("train#dataset")
-        iteration = EpisodeIteration(config.get_parsed_content("latent_cache"))  # no augmentation
-        batch_size = int(config["batch_size"])
+        dataset = episodes.instantiate(label_source=source)  # episodes of that kind only
         items = [dataset[i] for i in range(min(args.episodes, len(dataset)))]
-        batches = [iteration.prepare(collate_episodes(items[start:start + batch_size]), segmenter.device)
-                   for start in range(0, len(items) - 1, batch_size) if len(items[start:start + batch_size]) > 1]
+        chunks = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
+        batches = [iteration.prepare(collate_episodes(chunk), segmenter.device) for chunk in chunks if len(chunk) > 1]
         results[source] = support_reliance(segmenter, batches)
         print(f"{source:10s} mse own support {results[source]['own_mse']:.4f}  rolled support "
               f"{results[source]['rolled_mse']:.4f}  ratio {results[source]['ratio']:.2f}", flush=True)
