@@ -135,3 +135,26 @@ def test_a_phantom_folder_of_another_generator_version_is_rewritten(tmp_path):
     (root / "supervoxels" / "superpix-MIDDLE_1.nii.gz").write_bytes(b"stale")
     again = load_volumes(root, "phantom", with_supervoxels=True, phantom_volumes=2)
     np.testing.assert_array_equal(again[0].supervoxels, first[0].supervoxels)
+
+
+def test_a_phantom_folder_follows_the_requested_count_and_keeps_no_stale_pids(tmp_path):
+    from scripts.engine.experiment import load_volumes
+
+    root = tmp_path / "phantoms"
+    assert [v.pid for v in load_volumes(root, "phantom", phantom_volumes=3)] == ["1", "2", "3"]
+    fewer = load_volumes(root, "phantom", with_supervoxels=True, phantom_volumes=2)
+    assert [v.pid for v in fewer] == ["1", "2"]
+    assert not list(root.rglob("*_3.nii.gz"))  # pid 3's image, label and supervoxels went with the old series
+    assert len(load_volumes(root, "phantom")) == 2  # no count asked: the folder is read as it is
+
+
+def test_phantoms_are_not_written_over_a_folder_of_other_data(tmp_path):
+    from scripts.engine.experiment import load_volumes
+
+    root = tmp_path / "real"
+    root.mkdir()
+    (root / "image_1.nii.gz").write_bytes(b"someone's scan")
+    with pytest.raises(FileExistsError, match="no phantoms.json"):
+        load_volumes(root, "phantom", phantom_volumes=2)
+    assert (root / "image_1.nii.gz").read_bytes() == b"someone's scan"
+    assert sorted(p.name for p in root.iterdir()) == ["image_1.nii.gz"]

@@ -332,7 +332,18 @@ def write_phantom_dataset(out_dir: str | Path, n_volumes: int = 8, size: int = 1
     import nibabel as nib
 
     out_dir = Path(out_dir)
+    marker = out_dir / MARKER_FILE
+    patterns = ("image_*.nii.gz", "label_*.nii.gz", "supervoxels/superpix-MIDDLE_*.nii.gz")
+    if not marker.is_file() and any(next(out_dir.glob(p), None) for p in patterns):
+        raise FileExistsError(f"{out_dir} holds images but no {MARKER_FILE}: it is not a phantom folder, "
+                              "and phantoms are not written over other data (choose another dataset_dir)")
     (out_dir / "supervoxels").mkdir(parents=True, exist_ok=True)
+    # marked as ours but incomplete first, then the earlier series goes: a folder rewritten from 20
+    # volumes to 10 must not keep pids 11..20, and one interrupted here reads as not written
+    marker.write_text(json.dumps({"generator_version": GENERATOR_VERSION, "complete": False}) + "\n")
+    for pattern in patterns:
+        for stale in out_dir.glob(pattern):
+            stale.unlink()
     for case in make_phantoms(n_volumes, size=size, depth=depth, seed=seed):
         for name, arr, dtype in ((f"image_{case.pid}.nii.gz", np.rint(case.image), np.int16),
                                  (f"label_{case.pid}.nii.gz", case.label, np.int16),
@@ -341,15 +352,18 @@ def write_phantom_dataset(out_dir: str | Path, n_volumes: int = 8, size: int = 1
             img.set_qform(case.affine, code=1)
             img.set_sform(case.affine, code=1)
             nib.save(img, out_dir / name)
-    # written last: a folder holds a whole dataset of this version only once the marker is there
-    (out_dir / MARKER_FILE).write_text(json.dumps({"generator_version": GENERATOR_VERSION, "n_volumes": n_volumes,
-                                                   "size": size, "depth": depth, "seed": seed}) + "\n")
+    # completed last: a folder holds a whole dataset of this version only once the marker says so
+    marker.write_text(json.dumps({"generator_version": GENERATOR_VERSION, "n_volumes": n_volumes, "size": size,
+                                  "depth": depth, "seed": seed, "complete": True}) + "\n")
     return out_dir
 
 
-def written_by_this_version(folder: str | Path) -> bool:
-    """Whether `folder` holds a complete phantom dataset written by this generator version."""
+def written_by_this_version(folder: str | Path, n_volumes: int | None = None) -> bool:
+    """Whether `folder` holds a complete phantom dataset written by this generator version (and, when
+    `n_volumes` is given, with that many volumes)."""
     try:
-        return json.loads((Path(folder) / MARKER_FILE).read_text()).get("generator_version") == GENERATOR_VERSION
+        marker = json.loads((Path(folder) / MARKER_FILE).read_text())
+        return (marker.get("generator_version") == GENERATOR_VERSION and marker.get("complete", True)
+                and (n_volumes is None or marker.get("n_volumes") == n_volumes))
     except (OSError, ValueError, AttributeError):
         return False

@@ -24,17 +24,22 @@ from scripts.protocol.folds import make_folds
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_PHANTOM_VOLUMES = 10
 
-def load_volumes(dataset_dir, dataset, with_supervoxels: bool = False, phantom_volumes: int = 10):
-    """Load a dataset; the ``phantom`` dataset is generated on first use (the embedded default)."""
+
+def load_volumes(dataset_dir, dataset, with_supervoxels: bool = False, phantom_volumes: int | None = None):
+    """Load a dataset; the ``phantom`` dataset is generated on first use (the embedded default):
+    `phantom_volumes` of them (10 if None), and a folder holding another count is rewritten only
+    when a count is given."""
     preset = get_preset(dataset)
     root = Path(dataset_dir)
     if preset.name == "phantom":
         from scripts.data.phantoms import write_phantom_dataset, written_by_this_version
 
-        if not written_by_this_version(root):  # absent, half-written, or from an older generator
-            logger.info("writing %d phantom volumes to %s", phantom_volumes, root)
-            write_phantom_dataset(root, n_volumes=phantom_volumes)
+        if not written_by_this_version(root, phantom_volumes):  # absent, half-written, another version or count
+            n_volumes = DEFAULT_PHANTOM_VOLUMES if phantom_volumes is None else int(phantom_volumes)
+            logger.info("writing %d phantom volumes to %s", n_volumes, root)
+            write_phantom_dataset(root, n_volumes=n_volumes)
     if not root.is_dir():
         raise DataError(f"dataset folder {root} does not exist (set dataset_dir)")
     return load_dataset(root, preset, with_supervoxels=with_supervoxels)
