@@ -14,11 +14,14 @@ TEST_LABELS ?= [liver,spleen]
 # AUTOENCODER=taef2 AUTOENCODER_PATH=<folder>: the tables' latents instead of the offline unshuffle
 AUTOENCODER ?=
 AUTOENCODER_PATH ?=
+# PHANTOM_VOLUMES=20: how many phantoms the generated folder holds (default 10)
+PHANTOM_VOLUMES ?=
 DEMO_RUN := demo_$(DATASET)$(if $(AUTOENCODER),_$(AUTOENCODER),)
 DEMO_ARGS := --dataset $(DATASET) --steps $(STEPS) --test_labels "$(TEST_LABELS)" \
 	$(if $(DATA),--dataset_dir $(abspath $(DATA)),) --run_name $(DEMO_RUN) \
 	$(if $(AUTOENCODER),--autoencoder $(AUTOENCODER),) \
-	$(if $(AUTOENCODER_PATH),--autoencoder_path $(abspath $(AUTOENCODER_PATH)),)
+	$(if $(AUTOENCODER_PATH),--autoencoder_path $(abspath $(AUTOENCODER_PATH)),) \
+	$(if $(PHANTOM_VOLUMES),--phantom_volumes $(PHANTOM_VOLUMES),)
 
 # Every install and every package build sees the same constraints, so nothing pulls another torch;
 # sam2 (a monailabel dependency) builds without CUDA.
