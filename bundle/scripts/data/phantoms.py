@@ -11,8 +11,9 @@ bias field, Rician noise, distractor blobs of organ-like brightness).
 Generation is deterministic: volume `i` of seed `s` depends only on (s, i). `write_phantom_dataset`
 writes the SSL-ALPNet layout that the `phantom` preset reads (`image_{pid}.nii.gz`,
 `label_{pid}.nii.gz`, `supervoxels/superpix-MIDDLE_{pid}.nii.gz`, pids 1..n) with a flipped,
-offset affine, and `phantoms.json` with the generator version (the bundle rewrites a folder of
-another version); `make_phantoms` / `phantom_volumes` give the same data in memory. The supervoxels
+offset affine, and `phantoms.json` with the generator version and count (the bundle rewrites a
+folder of another version, or of another count when one is asked, and refuses a folder of other
+data); `make_phantoms` / `phantom_volumes` give the same data in memory. The supervoxels
 are organ-scale like CHAOST2's (see `_supervoxels`), so supervoxel episodes mean what they mean there.
 
 Arrays here are in slice-space order (depth, rows, cols); on disk they are stored as (X, Y, Z) =
