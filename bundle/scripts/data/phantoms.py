@@ -159,7 +159,8 @@ def _supervoxels(rng: np.random.Generator, body: np.ndarray, tissue: np.ndarray,
         closer = d < best
         best = np.where(closer, d, best)
         cell[closer] = i
-    organ = (strayed >= 1) & (strayed <= 4)  # labelled organs stay whole, as far as their strayed outline goes
+    # labelled organs stay whole, as far as their strayed outline goes
+    organ = np.isin(strayed, list(PHANTOM_LABELS.values()))
     key = np.where(organ, 0, cell * 16) + strayed.astype(np.int32)
     out = np.zeros(body.shape, dtype=np.int32)
     _, ids = np.unique(key[body], return_inverse=True)
@@ -264,7 +265,6 @@ def make_phantom(index: int, size: int = 128, depth: int = 24, seed: int = 0) ->
     sigma = rng.uniform(0.015, 0.03)
     img = np.sqrt((img + sigma * rng.standard_normal(shape)) ** 2 + (sigma * rng.standard_normal(shape)) ** 2)
     image = (img * 1000.0).astype(np.float32)
-
 
     spacing_rc = FIELD_OF_VIEW_MM / size
     affine = np.array([[-spacing_rc, 0, 0, FIELD_OF_VIEW_MM / 2],

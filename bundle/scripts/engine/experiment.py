@@ -36,8 +36,9 @@ def load_volumes(dataset_dir, dataset, with_supervoxels: bool = False, phantom_v
     if preset.name == "phantom":
         from scripts.data.phantoms import write_phantom_dataset, written_by_this_version
 
-        if not written_by_this_version(root, phantom_volumes):  # absent, half-written, another version or count
-            n_volumes = DEFAULT_PHANTOM_VOLUMES if phantom_volumes is None else int(phantom_volumes)
+        asked = None if phantom_volumes is None else int(phantom_volumes)
+        if not written_by_this_version(root, asked):  # absent, half-written, another version or count
+            n_volumes = DEFAULT_PHANTOM_VOLUMES if asked is None else asked
             logger.info("writing %d phantom volumes to %s", n_volumes, root)
             write_phantom_dataset(root, n_volumes=n_volumes)
     if not root.is_dir():
