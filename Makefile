@@ -16,12 +16,17 @@ AUTOENCODER ?=
 AUTOENCODER_PATH ?=
 # PHANTOM_VOLUMES=20: how many phantoms the generated folder holds (default 10)
 PHANTOM_VOLUMES ?=
-DEMO_RUN := demo_$(DATASET)$(if $(AUTOENCODER),_$(AUTOENCODER),)
+# LABEL_SOURCE=supervoxel: train on self-supervised supervoxels only (gt | supervoxel | both; default both)
+LABEL_SOURCE ?=
+# every knob that changes what is trained names the run, so a changed knob never resumes another run
+DEMO_RUN := demo_$(DATASET)$(if $(AUTOENCODER),_$(AUTOENCODER),)$(if $(PHANTOM_VOLUMES),_$(PHANTOM_VOLUMES)volumes,)$(if \
+	$(LABEL_SOURCE),_$(LABEL_SOURCE),)_$(STEPS)steps
 DEMO_ARGS := --dataset $(DATASET) --steps $(STEPS) --test_labels "$(TEST_LABELS)" \
 	$(if $(DATA),--dataset_dir $(abspath $(DATA)),) --run_name $(DEMO_RUN) \
 	$(if $(AUTOENCODER),--autoencoder $(AUTOENCODER),) \
 	$(if $(AUTOENCODER_PATH),--autoencoder_path $(abspath $(AUTOENCODER_PATH)),) \
-	$(if $(PHANTOM_VOLUMES),--phantom_volumes $(PHANTOM_VOLUMES),)
+	$(if $(PHANTOM_VOLUMES),--phantom_volumes $(PHANTOM_VOLUMES),) \
+	$(if $(LABEL_SOURCE),--label_source $(LABEL_SOURCE),)
 
 # Every install and every package build sees the same constraints, so nothing pulls another torch;
 # sam2 (a monailabel dependency) builds without CUDA.

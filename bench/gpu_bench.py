@@ -289,7 +289,7 @@ def training_fn(model: Model, lever: dict, x: dict):
         options.update(fused=True, capturable=True)
     trainable = [p for p in net.parameters() if p.requires_grad]
     if lever.get("adafactor"):  # the product's lean optimizer (scripts/engine/optimizers.py): torch's own
-        optimizer = torch.optim.Adafactor(trainable, lr=1e-2, weight_decay=1e-2)
+        optimizer = torch.optim.Adafactor(trainable, lr=2e-2, weight_decay=1e-2)  # relative lr, as documented
     else:
         optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=1e-2, **options)
     episodes = x["query_latent"].shape[0]
