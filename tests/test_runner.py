@@ -114,9 +114,11 @@ def test_tables_expand_into_the_protocol_jobs():
     assert {j.label_source for j in cmr if j.trains} == {"supervoxel"}
 
     ablation = [j for j in expand(TABLES["chaost2_ablation"]) if j.trains]
-    variants = {(j.autoencoder, j.use_qe, j.use_vtct, j.use_support_kv) for j in ablation}
-    assert variants == {("taef2", True, True, True), ("taef2", False, True, True), ("taef2", True, False, True),
-                        ("taef2", True, True, False), ("taesd", True, True, True), ("unshuffle", True, True, True)}
+    variants = {(j.autoencoder, j.use_qe, j.use_vtct, j.use_support_kv, j.label_source) for j in ablation}
+    assert variants == {("taef2", True, True, True, "both"), ("taef2", False, True, True, "both"),
+                        ("taef2", True, False, True, "both"), ("taef2", True, True, False, "both"),
+                        ("taesd", True, True, True, "both"), ("unshuffle", True, True, True, "both"),
+                        ("taef2", True, True, True, "supervoxel")}
     assert {j.fold for j in ablation} == {0, 1, 2, 3, 4} and {j.group for j in ablation} == {("liver", "spleen")}
     # the ablation's full row is chaost2_s1's training: trained once for both tables
     assert {j.train_key for j in ablation} & {j.train_key for j in network}

@@ -102,6 +102,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
               network("no support K/V", use_support_kv=False),
               network("TAESD autoencoder", autoencoder="taesd"),
               network("pixel-unshuffle autoencoder", autoencoder="unshuffle"),
+              # SSL-ALPNet's training labels; on phantoms they beat kidney GT + supervoxels
+              network("supervoxels only", label_source="supervoxel"),
               dict(method="support_copy", label="support_copy")),
         notes=("The `full (TAEF2)` row is the same training as chaost2_s1's network row (shared "
                "runs: it is trained once).",),
