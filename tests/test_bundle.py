@@ -118,6 +118,37 @@ def test_interrupted_training_resumes_with_its_optimizer_and_schedule(phantom_di
     assert workflow.parser.get_parsed_content("train#optimizer").param_groups[0]["lr"] == pytest.approx(0.0)
 
 
+def test_a_changed_training_never_resumes_another_runs_checkpoint(phantom_dir, tmp_path):
+    """A rerun under the same run folder with another label source, step budget or fold stops with
+    an error naming what differs, and leaves the old checkpoint as it was; a checkpoint written
+    before signatures existed still resumes, with a warning."""
+    from scripts.engine.resume import SIGNATURE_KEY, ResumeMismatchError
+
+    args = quick_args(phantom_dir, tmp_path, val_interval=100)
+    args["train#trainer#max_epochs"] = 1
+    run_workflow(TRAIN, "training", **args)
+    del args["train#trainer#max_epochs"]
+    checkpoint = tmp_path / "checkpoints" / "checkpoint_iteration=4.pt"
+    written = checkpoint.read_bytes()
+    assert torch.load(checkpoint, weights_only=False)[SIGNATURE_KEY]["trained_on"]["label_source"] == "both"
+    for change, named in (({"label_source": "supervoxel"}, "trained_on.label_source: \"both\" there, \"supervoxel\" here"),
+                          ({"steps": 12}, "steps: 8 there, 12 here"),
+                          ({"fold": 1}, "trained_on.datasets[0].patients")):
+        with pytest.raises(RuntimeError) as caught:  # the bundle's config parser wraps what an expression raises
+            run_workflow(TRAIN, "training", **{**args, **change})
+        cause = caught.value.__cause__
+        assert isinstance(cause, ResumeMismatchError)
+        assert named in str(cause) and "--run_name" in str(cause)
+        assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint_*.pt")) == [checkpoint.name]
+        assert checkpoint.read_bytes() == written
+    legacy = torch.load(checkpoint, weights_only=False)
+    del legacy[SIGNATURE_KEY]
+    torch.save(legacy, checkpoint)
+    with pytest.warns(UserWarning, match="no training signature"):
+        workflow, _ = run_workflow(TRAIN, "training", **args)
+    assert workflow.parser.get_parsed_content("train#trainer").state.iteration == 8
+
+
 def test_evaluate_writes_the_protocol_tables(trained, phantom_dir, tmp_path):
     out, _ = trained
     args = quick_args(phantom_dir, out, eval_dir=str(tmp_path / "eval"), modes=["ep1", "no_oracle"])

@@ -192,8 +192,3 @@ def training_record(dataset, train_volumes, train_values, test_values, extras=()
     datasets += [entry(x.name, x.train_volumes, x.train_values, x.test_values) for x in extras]
     return {"datasets": datasets, "setting": int(setting), "label_source": str(label_source)}
 
-
-def latest_checkpoint(folder) -> str | None:
-    """The newest interval checkpoint of an interrupted run, to resume from (None: start afresh)."""
-    candidates = sorted(Path(folder).glob("checkpoint_*.pt"), key=lambda p: p.stat().st_mtime) if Path(folder).is_dir() else []
-    return str(candidates[-1]) if candidates else None
