@@ -305,3 +305,18 @@ def test_python_client(server, liver_1):
     _assert_geometry(nib.load(result_file), server.image(2))
     with pytest.raises(MONAILabelClientException, match="404"):
         client.infer("fewshot", "image_3", {"support_image": "nope"})
+
+
+def test_conf_keep_largest_3d_reaches_the_segmenter(tmp_path):
+    """``--conf keep_largest_3d false`` (a structure in several pieces) turns the 3D step off in the
+    model the task builds; unset, the checkpoint's own setting (on) holds."""
+    sys.path.insert(0, str(APP))
+    from lib.configs.fewshot import FewShot
+    from scripts.network.presets import build_segmenter, save_checkpoint_file
+
+    checkpoint = tmp_path / "tiny.pt"
+    save_checkpoint_file(build_segmenter(preset="tiny"), checkpoint)
+    for conf, expected in (({}, True), ({"keep_largest_3d": "false"}, False), ({"keep_largest_3d": "true"}, True)):
+        task = FewShot()
+        task.init("fewshot", str(tmp_path), {"checkpoint": str(checkpoint), **conf}, None)
+        assert task.model.get("cpu").keep_largest_3d is expected

@@ -7,6 +7,7 @@ import torch
 from scripts.network.autoencoders import WeightsError, build_autoencoder
 from scripts.network.one_step import make_one_step_scheduler, mask_latent_from_output, training_target
 from scripts.network.pipeline import EmptySupportError
+from scripts.network.postprocess import keep_largest_component_3d
 from scripts.network.presets import build_segmenter, load_checkpoint_file, save_checkpoint_file
 from shared_paths import shared_path
 
@@ -114,6 +115,27 @@ def test_predict_scores_and_binarize(tiny):
     assert scores.shape == (3, SIZE, SIZE) and scores.dtype == np.float32
     masks = tiny.binarize(scores)
     assert masks.shape == scores.shape and masks.dtype == bool
+
+
+def test_binarize_keeps_the_organ_not_a_distant_look_alike(tiny):
+    """The largest 3D component of the query stack stays (under face connectivity: a blob overlapping
+    the organ on the next slice is part of it); a blob on a slice of its own goes, though it is that
+    slice's largest and the per-slice step alone keeps it, and so does one touching the organ only
+    at a corner."""
+    scores = -np.ones((7, 16, 16), np.float32)
+    scores[1:4, 4:10, 4:10] = 1  # the organ on slices 1-3
+    scores[4, 8:12, 8:12] = 1  # overlaps slice 3's organ: part of it
+    scores[0, 10:12, 10:12] = 1  # meets slice 1's organ only at the corner (9, 9) -> (10, 10)
+    scores[6, 0:3, 0:3] = 1  # a look-alike two slices away
+    segmenter = tiny.with_net(tiny.net)
+    segmenter.threshold, segmenter.threshold_mode = 0.0, "absolute"
+    masks = segmenter.binarize(scores)
+    np.testing.assert_array_equal(masks, (scores > 0) & np.isin(np.arange(7), [1, 2, 3, 4])[:, None, None])
+    segmenter.keep_largest_3d = False
+    assert segmenter.binarize(scores)[6].sum() == 9 and segmenter.binarize(scores)[0].sum() == 4
+    assert not segmenter.binarize(-np.ones((3, 8, 8), np.float32)).any()
+    with pytest.raises(ValueError, match="Q, H, W"):
+        keep_largest_component_3d(np.zeros((8, 8), bool))
 
 
 def test_checkpoint_round_trip_and_mismatch(tmp_path, tiny):

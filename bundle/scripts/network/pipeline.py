@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .autoencoders import LatentAutoencoder
 from .one_step import make_one_step_scheduler, mask_latent_from_output, training_target
-from .postprocess import keep_largest_component_per_slice, threshold_scores
+from .postprocess import keep_largest_component_3d, keep_largest_component_per_slice, threshold_scores
 from .sdfsmis import SDFSMISNet
 from .speed import encode_chunk, set_memory_format
 
@@ -42,6 +42,7 @@ class FewShotSegmenter(nn.Module):
         threshold: float = 0.0,
         threshold_mode: str = "absolute",
         keep_largest: bool = True,
+        keep_largest_3d: bool = True,
         dice_weight: float = 0.5,
         dice_sharpness: float = 4.0,
         query_chunk: int = 64,
@@ -55,6 +56,7 @@ class FewShotSegmenter(nn.Module):
         self.threshold = threshold
         self.threshold_mode = threshold_mode
         self.keep_largest = keep_largest
+        self.keep_largest_3d = keep_largest_3d
         self.dice_weight = dice_weight
         self.dice_sharpness = dice_sharpness
         self.query_chunk = query_chunk
@@ -65,7 +67,7 @@ class FewShotSegmenter(nn.Module):
         """The same pipeline around other weights (e.g. the EMA of the trained ones)."""
         other = FewShotSegmenter(
             net, self.autoencoder, self.mask_codec, self.threshold, self.threshold_mode, self.keep_largest,
-            self.dice_weight, self.dice_sharpness, self.query_chunk, self._latent_cache_size,
+            self.keep_largest_3d, self.dice_weight, self.dice_sharpness, self.query_chunk, self._latent_cache_size,
         )
         other.config, other.unet_config = getattr(self, "config", {}), getattr(self, "unet_config", {})
         other.trained_on = getattr(self, "trained_on", None)
@@ -178,4 +180,6 @@ class FewShotSegmenter(nn.Module):
 
     def binarize(self, scores: np.ndarray) -> np.ndarray:
         masks = threshold_scores(scores, self.threshold, self.threshold_mode)
+        if self.keep_largest_3d:
+            masks = keep_largest_component_3d(masks)
         return keep_largest_component_per_slice(masks) if self.keep_largest else masks

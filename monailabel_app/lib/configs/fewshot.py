@@ -10,6 +10,8 @@
     --conf max_shots 3               labelled slices used per query slice (nearest first)
     --conf threshold <float>         default threshold (none: the checkpoint's own)
     --conf threshold_mode absolute|relative
+    --conf keep_largest_3d true|false  keep only the largest 3D component of each organ (default: the
+                                     checkpoint's own, true); false for a structure in several pieces
     --conf labels <preset|json>      names of label values: a dataset preset (phantom, chaost2, ...)
                                      or {"liver": 1, ...}; clients pre-create these segments
     --conf slice_axis 2              the file axis that runs across slices
@@ -77,6 +79,8 @@ class FewShot(TaskConfig):
         conf = self.conf or {}
         self.path = os.path.abspath(conf.get("checkpoint") or REPO / "bundle" / "models" / "model.pt")
         self.model_keys = {key: conf.get(key) or None for key in MODEL_OVERRIDES}
+        if conf.get("keep_largest_3d") not in (None, ""):
+            self.model_keys["keep_largest_3d"] = bool(strtobool(conf["keep_largest_3d"]))
         self.device = resolve_device(conf.get("device"))
         self.max_shots = int(conf.get("max_shots", 3))
         self.threshold = float(conf["threshold"]) if conf.get("threshold") not in (None, "") else None
