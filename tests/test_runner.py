@@ -186,6 +186,23 @@ def test_jobs_write_results_and_finished_jobs_are_skipped(ws):
     # a row's display label is not one of those keys
     relabelled = small_table(rows=({**table.rows[0], "label": "renamed"}, table.rows[1]))
     assert load_result(expand(relabelled)[0], ws) is not None
+    # the network's post-processing is: a result from before the 3D step is re-evaluated, not retrained
+    assert _value(evaluate_command(job, ws), "keep_largest_3d") == "True"
+    path = ws.result_path(job)
+    older = json.loads(path.read_text())
+    del older["config"]["keep_largest_3d"]
+    path.write_text(json.dumps(older))
+    assert load_result(job, ws) is None
+    rerun = FakeBundle()
+    assert run_table(table, jobs, ws, runner=rerun, say=quiet)[job.name] == "finished"
+    assert (rerun.count("training"), rerun.count("evaluating")) == (0, 1)
+    # a key that does not apply (a baseline's None) is read as absent: older baseline results stand
+    baseline = next(j for j in jobs if not j.trains)
+    assert baseline.keep_largest_3d is None and "--keep_largest_3d" not in evaluate_command(baseline, ws)
+    older = json.loads(ws.result_path(baseline).read_text())
+    del older["config"]["keep_largest_3d"]
+    ws.result_path(baseline).write_text(json.dumps(older))
+    assert load_result(baseline, ws) is not None
 
 
 def test_jobs_sharing_a_training_train_once_and_a_failed_training_resumes(ws):

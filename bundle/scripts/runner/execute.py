@@ -105,8 +105,9 @@ def load_result(job: Job, ws: Workspace) -> dict | None:
     result = _read_json(ws.result_path(job))
     if not isinstance(result, dict) or result.get("schema") != RESULT_SCHEMA or result.get("status") != "complete":
         return None
-    def numbers_keys(config):  # the row's display label may change without invalidating results
-        return {k: v for k, v in (config or {}).items() if k != "label"}
+    def numbers_keys(config):  # the row's display label may change without invalidating results;
+        # a key that does not apply (None) reads as absent, so adding one keeps older results valid
+        return {k: v for k, v in (config or {}).items() if k != "label" and v is not None}
 
     if numbers_keys(result.get("config")) != numbers_keys(json.loads(json.dumps(job.config(), default=str))):
         return None

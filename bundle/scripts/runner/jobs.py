@@ -36,7 +36,7 @@ TRAIN_CONFIG = "configs/train.yaml"
 EVALUATE_CONFIGS = "['configs/train.yaml','configs/evaluate.yaml']"
 NETWORK_METHODS = ("sdfsmis",)
 _ROW_KEYS = ("method", "label", "setting", "exclusion_rule", "shots", "train_shots", "label_source", "preset",
-             "autoencoder", "use_qe", "use_vtct", "use_support_kv")
+             "autoencoder", "use_qe", "use_vtct", "use_support_kv", "keep_largest_3d")
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ class Job:
     use_vtct: bool | None = None
     use_support_kv: bool | None = None
     steps: int | None = None
+    # evaluation only: the network's post-processing (a result without it predates the 3D step)
+    keep_largest_3d: bool | None = None
     overrides: tuple[tuple[str, object], ...] = field(default=())
 
     @property
@@ -84,7 +86,9 @@ class Job:
         if not self.trains:
             return f"{self.method}_{group}_{self.shots}shot_fold{self.fold}"
         trained = "" if self.train_shots == self.shots else f"-t{self.train_shots}"
-        return f"{self.method}-{self._network_tag()}_{group}_{self.shots}shot{trained}_{self.steps}steps_fold{self.fold}"
+        post = "-slicecc" if self.keep_largest_3d is False else ""
+        return (f"{self.method}-{self._network_tag()}_{group}_{self.shots}shot{trained}{post}_{self.steps}steps_"
+                f"fold{self.fold}")
 
     @property
     def train_key(self) -> str | None:
@@ -139,7 +143,7 @@ def expand_rows(table: Table, steps: int | None = None) -> list[list[Job]]:
                           autoencoder=keys.get("autoencoder", "taef2"), use_qe=bool(keys.get("use_qe", True)),
                           use_vtct=bool(keys.get("use_vtct", True)),
                           use_support_kv=bool(keys.get("use_support_kv", True)),
-                          steps=int(steps or table.steps))
+                          steps=int(steps or table.steps), keep_largest_3d=bool(keys.get("keep_largest_3d", True)))
         rows.append([Job(group=tuple(group), fold=int(fold), **common) for group in table.groups for fold in table.folds])
     return rows
 
@@ -243,4 +247,6 @@ def evaluate_command(job: Job, ws: Workspace) -> list[str]:
     output_dir = ws.train_dir(job) if job.trains else ws.eval_dir(job)
     keys = dict(_data_args(job, ws), shots=job.shots, method=job.method, modes=list(job.modes),
                 label_source="gt", output_dir=output_dir, eval_dir=ws.eval_dir(job), **dict(job.overrides))
+    if job.trains:
+        keys["keep_largest_3d"] = job.keep_largest_3d
     return [ws.python, "-m", "monai.bundle", "run", "evaluating", "--config_file", EVALUATE_CONFIGS, *_args(keys)]
