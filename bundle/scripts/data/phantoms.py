@@ -37,6 +37,7 @@ __all__ = ["PhantomCase", "make_phantom", "make_phantoms", "phantom_volumes", "w
 PHANTOM_LABELS = {"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4}
 GENERATOR_VERSION = 4  # bump when the phantoms change: a dataset folder written by another version is rewritten
 MARKER_FILE = "phantoms.json"
+DEFAULT_VOLUMES = 10  # the embedded default dataset's size (the bundle's `phantom_volumes: null`)
 SLICE_THICKNESS_MM = 6.0
 FIELD_OF_VIEW_MM = 300.0  # in-plane spacing = FOV / size (2.34 mm at 128)
 
@@ -301,7 +302,7 @@ def _check(case: PhantomCase) -> None:
             raise RuntimeError(f"phantom {case.pid}: {name} occupies slices {zs.tolist()}, not one contiguous range")
 
 
-def make_phantoms(n_volumes: int = 8, size: int = 128, depth: int = 24, seed: int = 0) -> list[PhantomCase]:
+def make_phantoms(n_volumes: int = DEFAULT_VOLUMES, size: int = 128, depth: int = 24, seed: int = 0) -> list[PhantomCase]:
     """`n_volumes` phantoms in memory, pids "1".."n"."""
     return [make_phantom(i, size=size, depth=depth, seed=seed) for i in range(n_volumes)]
 
@@ -327,7 +328,7 @@ def phantom_volumes(n_volumes: int = 4, size: int = 64, depth: int = 16, seed: i
     return out
 
 
-def write_phantom_dataset(out_dir: str | Path, n_volumes: int = 8, size: int = 128, depth: int = 24,
+def write_phantom_dataset(out_dir: str | Path, n_volumes: int = DEFAULT_VOLUMES, size: int = 128, depth: int = 24,
                           seed: int = 0) -> Path:
     """Write `n_volumes` phantoms as NIfTI in the layout of the `phantom` preset; returns `out_dir`."""
     import nibabel as nib

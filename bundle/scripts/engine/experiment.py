@@ -24,9 +24,6 @@ from scripts.protocol.folds import make_folds
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PHANTOM_VOLUMES = 10
-
-
 def load_volumes(dataset_dir, dataset, with_supervoxels: bool = False, phantom_volumes: int | None = None):
     """Load a dataset; the ``phantom`` dataset is generated on first use (the embedded default):
     `phantom_volumes` of them (10 if None), and a folder holding another count is rewritten only
@@ -34,11 +31,11 @@ def load_volumes(dataset_dir, dataset, with_supervoxels: bool = False, phantom_v
     preset = get_preset(dataset)
     root = Path(dataset_dir)
     if preset.name == "phantom":
-        from scripts.data.phantoms import write_phantom_dataset, written_by_this_version
+        from scripts.data.phantoms import DEFAULT_VOLUMES, write_phantom_dataset, written_by_this_version
 
         asked = None if phantom_volumes is None else int(phantom_volumes)
         if not written_by_this_version(root, asked):  # absent, half-written, another version or count
-            n_volumes = DEFAULT_PHANTOM_VOLUMES if asked is None else asked
+            n_volumes = DEFAULT_VOLUMES if asked is None else asked
             logger.info("writing %d phantom volumes to %s", n_volumes, root)
             write_phantom_dataset(root, n_volumes=n_volumes)
     if not root.is_dir():
