@@ -122,6 +122,13 @@ def test_tables_expand_into_the_protocol_jobs():
     assert {j.fold for j in ablation} == {0, 1, 2, 3, 4} and {j.group for j in ablation} == {("liver", "spleen")}
     # the ablation's full row is chaost2_s1's training: trained once for both tables
     assert {j.train_key for j in ablation} & {j.train_key for j in network}
+    # the post-processing row evaluates the full row's weights with the per-slice step only
+    per_slice = [j for j in ablation if j.keep_largest_3d is False]
+    full = {j.fold: j for j in ablation if j.keep_largest_3d and (j.autoencoder, j.label_source) == ("taef2", "both")
+            and j.use_qe and j.use_vtct and j.use_support_kv}
+    assert len(per_slice) == 5 and all(j.train_key == full[j.fold].train_key and j.name != full[j.fold].name
+                                       for j in per_slice)
+    assert len({j.train_key for j in ablation}) == 7 * 5
 
     # one step budget for every fold of a table, replaceable as a whole
     assert {j.steps for j in expand(TABLES["cmr"], steps=500) if j.trains} == {500}
