@@ -24,6 +24,7 @@ from scripts.protocol.folds import make_folds
 
 logger = logging.getLogger(__name__)
 
+
 def load_volumes(dataset_dir, dataset, with_supervoxels: bool = False, phantom_volumes: int | None = None):
     """Load a dataset; the ``phantom`` dataset is generated on first use (the embedded default):
     `phantom_volumes` of them (10 if None), and a folder holding another count is rewritten only
