@@ -18,7 +18,8 @@ AUTOENCODER_PATH ?=
 PHANTOM_VOLUMES ?=
 # LABEL_SOURCE=supervoxel: train on self-supervised supervoxels only (gt | supervoxel | both; default both)
 LABEL_SOURCE ?=
-# every knob that changes what is trained names the run, so a changed knob never resumes another run
+# every knob that changes what is trained names the run, so a changed knob starts its own run (the
+# training workflow refuses to resume another training's checkpoint: bundle/scripts/engine/resume.py)
 DEMO_RUN := demo_$(DATASET)$(if $(AUTOENCODER),_$(AUTOENCODER),)$(if $(PHANTOM_VOLUMES),_$(PHANTOM_VOLUMES)volumes,)$(if \
 	$(LABEL_SOURCE),_$(LABEL_SOURCE),)_$(STEPS)steps
 DEMO_ARGS := --dataset $(DATASET) --steps $(STEPS) --test_labels "$(TEST_LABELS)" \

@@ -189,4 +189,3 @@ def training_record(dataset, train_volumes, train_values, test_values, extras=()
     datasets = [entry(get_preset(dataset).name, train_volumes, train_values, test_values)]
     datasets += [entry(x.name, x.train_volumes, x.train_values, x.test_values) for x in extras]
     return {"datasets": datasets, "setting": int(setting), "label_source": str(label_source)}
-

@@ -33,16 +33,14 @@ def training_signature(trained_on: dict, model_config: dict, **knobs) -> dict:
 
 
 class TrainingSignature:
-    """The signature as an object ignite's `Checkpoint` saves (it stores ``state_dict()``)."""
+    """The signature as an object ignite's `Checkpoint` saves (it stores ``state_dict()``; nothing
+    loads it back: `check_signature` reads it before the checkpoint loader runs)."""
 
     def __init__(self, signature: dict):
         self.signature = signature
 
     def state_dict(self) -> dict:
         return dict(self.signature)
-
-    def load_state_dict(self, state: dict) -> None:  # checked before loading: `check_signature`
-        pass
 
 
 def with_signature(contents: dict, signature: dict) -> dict:
