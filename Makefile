@@ -36,7 +36,7 @@ export PIP_BUILD_CONSTRAINT := $(CURDIR)/requirements/constraints.txt
 export SAM2_BUILD_CUDA := 0
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 
-.PHONY: setup test demo accuracy gpu clean zoo-package
+.PHONY: setup test demo accuracy shipped-model gpu clean zoo-package
 
 setup: $(STAMP)
 
@@ -78,6 +78,20 @@ accuracy: setup
 	@test -n "$(TABLE)" || { echo "set TABLE=chaost2_s1|chaost2_s2|cmr|chaost2_ablation"; exit 2; }
 	cd bundle && $(PY) -m scripts.runner run --table $(TABLE) $(if $(ONLY),--only '$(ONLY)',) \
 		$(if $(MAX_JOBS),--max-jobs $(MAX_JOBS),) $(if $(filter command line,$(origin STEPS)),--steps $(STEPS),)
+
+# The checkpoint the bundle ships (bundle/models/README.md): every labelled class and patient of
+# CHAOST2 and CMR in one resumable run, then exported (fp16) to bundle/models/model.pt.
+#   make shipped-model [SHARED=../shared] [CACHE_DIR=<latent cache>]
+SHARED ?= $(abspath $(CURDIR)/../shared)
+SHIPPED_RUN := chaost2+cmr_s1_all-classes_all-patients
+shipped-model: setup
+	cd bundle && $(PY) -m monai.bundle run training --config_file configs/train.yaml \
+		--dataset chaost2 --dataset_dir $(SHARED)/data/CHAOST2 \
+		--extra_datasets "[{'dataset': 'cmr', 'dataset_dir': '$(SHARED)/data/CMR'}]" \
+		--autoencoder taef2 --autoencoder_path $(SHARED)/weights/taef2 \
+		--setting 1 --test_labels "[]" --fold null --steps 3000 $(if $(CACHE_DIR),--cache_dir $(CACHE_DIR),)
+	cd bundle && $(PY) -m scripts.network.export runs/$(SHIPPED_RUN)/model.pt models/model.pt \
+		--autoencoder_path weights/taef2
 
 # The prepared GPU command (bench/gpu_bench.py): the machine's own python3 and torch, the wheels and
 # data of .gpu_pack/ (made here by `bash bench/gpu_pack.sh`); no venv, no CPU pins. OUT: results.
