@@ -75,7 +75,7 @@ demo: setup
 #   make accuracy TABLE=chaost2_s1 [ONLY=pattern] [MAX_JOBS=1] [STEPS=3000]
 # (STEPS counts only when given on the command line: the demo's default is not the table's budget)
 accuracy: setup
-	@test -n "$(TABLE)" || { echo "set TABLE=chaost2_s1|chaost2_s2|cmr|chaost2_ablation"; exit 2; }
+	@test -n "$(TABLE)" || { echo "set TABLE=chaost2_s1|chaost2_s2|cmr|cmr_abdominal_gt|chaost2_ablation"; exit 2; }
 	cd bundle && $(PY) -m scripts.runner run --table $(TABLE) $(if $(ONLY),--only '$(ONLY)',) \
 		$(if $(MAX_JOBS),--max-jobs $(MAX_JOBS),) $(if $(filter command line,$(origin STEPS)),--steps $(STEPS),)
 

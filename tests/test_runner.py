@@ -161,6 +161,22 @@ def test_commands_are_the_bundle_workflows_with_the_job_keys(ws):
     with pytest.raises(ValueError):
         train_command(baseline, ws)
     assert "--autoencoder_path" not in evaluate_command(baseline, ws)
+    assert "--extra_datasets" not in train and "--mixture_weights" not in train
+
+
+def test_a_row_with_another_datasets_ground_truth_trains_on_both(ws):
+    # cmr_abdominal_gt: CMR supervoxels beside CHAOST2 ground truth, half each, in a run of its own
+    mixed = expand(TABLES["cmr_abdominal_gt"])
+    assert len(mixed) == 5 and all(j.trains and j.label_source == "supervoxel" for j in mixed)
+    plain = {j.fold: j for j in expand(TABLES["cmr"]) if j.trains}
+    assert all(j.train_key != plain[j.fold].train_key and j.name != plain[j.fold].name for j in mixed)
+    train = train_command(mixed[0], ws)
+    assert eval(_value(train, "extra_datasets")) == [
+        {"dataset": "chaost2", "dataset_dir": str(ws.shared / "data" / "CHAOST2"), "label_source": "gt"}]
+    assert eval(_value(train, "mixture_weights")) == [1.0, 1.0]
+    assert eval(_value(train, "test_labels")) == ["lv_bp", "lv_myo", "rv"]  # every CMR class stays a test class
+    # a job without extra datasets records none, so the results of the tables before stay valid
+    assert plain[0].config()["extra_datasets"] is None and plain[0].config()["mixture_weights"] is None
 
 
 # ---- running jobs ---------------------------------------------------------------------------------

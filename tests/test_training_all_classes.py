@@ -99,6 +99,29 @@ def test_two_datasets_in_one_sampler(main_volumes, x100_volumes):
         cache.add_volumes([dataclasses.replace(x100_volumes[0], pid="1")])
 
 
+def test_an_extra_dataset_keeps_its_own_label_source_and_shares(main_volumes, x100_volumes):
+    # the cmr_abdominal_gt recipe: a main dataset whose every class is a test class (supervoxel
+    # episodes only) beside another dataset's ground truth, half each
+    extra = dataclasses.replace(_extra(x100_volumes), label_source="gt")
+    mixture = episode_dataset(main_volumes, [], [1, 2, 3, 4], extras=[extra], label_source="supervoxel",
+                              n_episodes=200, seed=2, min_supervoxel_pixels=50, weights=[1, 1])
+    assert [part.label_source for part in mixture.parts] == ["supervoxel", "gt"]
+    items = [mixture[i] for i in range(len(mixture))]
+    sources = {(item["dataset"], item["source"]) for item in items}
+    assert sources == {("phantom", "supervoxel"), ("phantom_x100", "gt")}
+    share = np.mean([item["dataset"] == "phantom" for item in items])
+    assert abs(share - 0.5) < 0.1, share  # by classes it would be 1 : 4
+    record = training_record("phantom", main_volumes, {}, {"liver": 1}, [extra], 1, "supervoxel")
+    assert record["datasets"][1]["label_source"] == "gt" and "label_source" not in record["datasets"][0]
+    # without an own label source the record is what it was (checkpoints of older runs still resume)
+    assert "label_source" not in training_record("phantom", main_volumes, {}, {}, [_extra(x100_volumes)])["datasets"][1]
+    with pytest.raises(ValueError, match="no extra_datasets to mix with"):
+        episode_dataset(main_volumes, [1, 2, 3, 4], [], weights=[1])
+    with pytest.raises(ValueError, match="one non-negative number per dataset"):
+        episode_dataset(main_volumes, [], [1, 2, 3, 4], extras=[extra], label_source="supervoxel",
+                        n_episodes=20, min_supervoxel_pixels=50, weights=[1])
+
+
 def _same(a, b):
     return all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
 
@@ -116,6 +139,8 @@ def test_contradictions_and_bad_entries_fail_clearly(main_volumes, tmp_path):
         load_extra_datasets([{"dataset": "chaost2", "dataset_dir": str(tmp_path)}], "chaost2")
     with pytest.raises(ValueError, match="does not exist"):
         load_extra_datasets([{"dataset": "cmr", "dataset_dir": str(tmp_path / "absent")}], "chaost2")
+    with pytest.raises(ValueError, match=r"extra_datasets\[0\]: label_source must be one of"):
+        load_extra_datasets([{"dataset": "cmr", "dataset_dir": str(tmp_path), "label_source": "labels"}], "chaost2")
     from scripts.engine.evaluation import cases_for_modes
 
     with pytest.raises(ValueError, match="no fold is held out"):  # evaluate.yaml's eval_folds [@fold]
@@ -131,22 +156,30 @@ def _relabelled_phantoms(folder: Path) -> Path:
     return folder
 
 
-def test_bundle_trains_on_every_patient_class_and_dataset(tmp_path):
-    """One real `python -m monai.bundle run training` with fold null, test_labels [] and an extra
-    dataset: it finishes, writes model.pt saying what it was trained on, and caches both datasets."""
+def _train(tmp_path, extra_keys=None, **overrides):
+    """`python -m monai.bundle run training` on 3 phantoms (fold null, every class) plus the X100
+    phantoms as an extra dataset (with ``extra_keys``), 3 steps of the tiny preset; ``overrides``
+    replace its keys."""
     main = write_phantom_dataset(tmp_path / "main", n_volumes=3, size=64, depth=12, seed=3)
     extra = _relabelled_phantoms(tmp_path / "x100")
     out = tmp_path / "run"
     args = {"dataset": "phantom", "dataset_dir": str(main), "preset": "tiny", "steps": 3, "steps_per_epoch": 3,
             "batch_size": 2, "val_interval": 1, "val_queries": 1, "fold": "null", "test_labels": "[]",
-            "extra_datasets": json.dumps([{"dataset": X100, "dataset_dir": str(extra)}]),
-            "output_dir": str(out), "cache_dir": str(tmp_path / "cache"), "bundle_root": "."}
+            "extra_datasets": [{"dataset": X100, "dataset_dir": str(extra), **(extra_keys or {})}],
+            "output_dir": str(out), "cache_dir": str(tmp_path / "cache"), "bundle_root": ".", **overrides}
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml"]
     for key, value in args.items():
-        cmd += [f"--{key}", str(value)]
+        cmd += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
     proc = subprocess.run(cmd, cwd=BUNDLE, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc
+
+
+def test_bundle_trains_on_every_patient_class_and_dataset(tmp_path):
+    """One real `python -m monai.bundle run training` with fold null, test_labels [] and an extra
+    dataset: it finishes, writes model.pt saying what it was trained on, and caches both datasets."""
+    out, proc = _train(tmp_path)
     from scripts.network.presets import build_segmenter, load_checkpoint_file
 
     stored = load_checkpoint_file(out / "model.pt")
@@ -166,6 +199,18 @@ def test_bundle_trains_on_every_patient_class_and_dataset(tmp_path):
 
     save_checkpoint_file(build_segmenter(checkpoint=out / "model.pt"), resaved, half=True)
     assert load_checkpoint_file(resaved)["trained_on"] == stored["trained_on"]
+
+
+def test_bundle_trains_supervoxels_beside_another_datasets_ground_truth(tmp_path):
+    """The cmr_abdominal_gt recipe through the real workflow: every main class a test class
+    (supervoxel episodes), the extra dataset's ground truth (its own label_source), half each."""
+    from scripts.network.presets import load_checkpoint_file
+
+    out, _ = _train(tmp_path, extra_keys={"label_source": "gt"}, label_source="supervoxel", mixture_weights=[1, 1],
+                    test_labels=["liver", "right_kidney", "left_kidney", "spleen"])
+    datasets = load_checkpoint_file(out / "model.pt")["trained_on"]["datasets"]
+    assert datasets[0]["classes"] == {} and "label_source" not in datasets[0]
+    assert datasets[1]["classes"] == X100["labels"] and datasets[1]["label_source"] == "gt"
 
 
 def test_training_record_names_the_source_pids(main_volumes, x100_volumes):

@@ -97,7 +97,9 @@ def run_name(dataset, setting, test_labels, fold, extra_datasets=()) -> str:
 
 
 # ---- several datasets in one training --------------------------------------------------------
-EXTRA_KEYS = {"dataset": None, "dataset_dir": None, "test_labels": [], "fold": None, "n_folds": 5}
+# label_source None: the training's own; "gt" | "supervoxel" | "both" gives this dataset its own
+EXTRA_KEYS = {"dataset": None, "dataset_dir": None, "test_labels": [], "fold": None, "n_folds": 5, "label_source": None}
+LABEL_SOURCES = ("gt", "supervoxel", "both")
 
 
 @dataclass
@@ -109,6 +111,7 @@ class ExtraDataset:
     train_volumes: list[Volume]
     train_values: dict[str, int]  # label values of *this* dataset (1 is liver in CHAOST2, nothing in CMR)
     test_values: dict[str, int]
+    label_source: str | None = None  # None: the training's label_source
 
 
 def namespaced(volumes, name: str) -> list[Volume]:
@@ -118,10 +121,12 @@ def namespaced(volumes, name: str) -> list[Volume]:
             for v in volumes]
 
 
-def load_extra_datasets(entries, main_dataset, with_supervoxels: bool = False) -> list[ExtraDataset]:
+def load_extra_datasets(entries, main_dataset, label_source: str = "gt") -> list[ExtraDataset]:
     """The `extra_datasets` of train.yaml: mappings {dataset, dataset_dir, test_labels=[], fold=None,
-    n_folds=5}. Every patient trains unless the entry names a fold; every class unless it names
-    test labels. The main dataset's pids stay as they are (its caches and checkpoints stay valid)."""
+    n_folds=5, label_source=None}. Every patient trains unless the entry names a fold; every class
+    unless it names test labels; its episodes take the training's ``label_source`` unless it names
+    its own (e.g. ground truth of another dataset beside a main dataset trained on supervoxels only).
+    The main dataset's pids stay as they are (its caches and checkpoints stay valid)."""
     if entries is None:
         return []
     if isinstance(entries, Mapping) or isinstance(entries, str) or not isinstance(entries, Sequence):
@@ -140,6 +145,10 @@ def load_extra_datasets(entries, main_dataset, with_supervoxels: bool = False) -
         if missing:
             raise ValueError(f"{where} ({entry.get('dataset', 'no dataset')}) needs {' and '.join(missing)}")
         config = {**EXTRA_KEYS, **entry}
+        if config["label_source"] is not None and config["label_source"] not in LABEL_SOURCES:
+            raise ValueError(f"{where}: label_source must be one of {LABEL_SOURCES} (or null: the training's), "
+                             f"got {config['label_source']!r}")
+        with_supervoxels = (config["label_source"] or label_source) != "gt"
         try:
             name = get_preset(config["dataset"]).name
         except (KeyError, ValueError, TypeError) as error:
@@ -155,7 +164,7 @@ def load_extra_datasets(entries, main_dataset, with_supervoxels: bool = False) -
             train_volumes, _ = split_fold(volumes, config["fold"], config["n_folds"])
         except ValueError as error:  # DataError is one: keep its type, add which entry it is
             raise type(error)(f"{where} ({name}): {error}") from error
-        out.append(ExtraDataset(name, volumes, train_volumes, train, test))
+        out.append(ExtraDataset(name, volumes, train_volumes, train, test, config["label_source"]))
     return out
 
 
@@ -165,16 +174,22 @@ def extra_volumes(extras: Sequence[ExtraDataset]) -> list[Volume]:
 
 
 def episode_dataset(volumes, train_values, test_values=(), extras: Sequence[ExtraDataset] = (), n_episodes: int = 1000,
-                    seed: int = 0, **options):
+                    seed: int = 0, weights: Sequence[float] | None = None, **options):
     """The training episodes: an `EpisodeDataset` of the main dataset, exactly as before, or with
-    extra datasets an `EpisodeMixture` of one `EpisodeDataset` per dataset (same options)."""
+    extra datasets an `EpisodeMixture` of one `EpisodeDataset` per dataset (same options, but an
+    extra dataset's own label source). ``weights``: each dataset's share, main first (None: by
+    numbers of training classes, `EpisodeMixture`)."""
     main = EpisodeDataset(volumes, train_values, test_values, n_episodes=n_episodes, seed=seed, **options)
     if not extras:
+        if weights is not None:
+            raise ValueError("mixture weights are given but there are no extra_datasets to mix with")
         return main
     parts = [main] + [EpisodeDataset(x.train_volumes, list(x.train_values.values()), list(x.test_values.values()),
-                                     n_episodes=n_episodes, seed=seed, **options) for x in extras]
+                                     n_episodes=n_episodes, seed=seed,
+                                     **{**options, **({"label_source": x.label_source} if x.label_source else {})})
+                      for x in extras]
     names = [str(volumes[0].meta.get("preset", "main"))] + [x.name for x in extras]
-    return EpisodeMixture(parts, names, n_episodes=n_episodes, seed=seed)
+    return EpisodeMixture(parts, names, n_episodes=n_episodes, seed=seed, weights=weights)
 
 
 def training_record(dataset, train_volumes, train_values, test_values, extras=(), setting: int = 1,
@@ -187,5 +202,7 @@ def training_record(dataset, train_volumes, train_values, test_values, extras=()
                 "patients": [str(v.meta.get("source_pid", v.pid)) for v in volumes]}
 
     datasets = [entry(get_preset(dataset).name, train_volumes, train_values, test_values)]
-    datasets += [entry(x.name, x.train_volumes, x.train_values, x.test_values) for x in extras]
+    for x in extras:  # an extra dataset's own label source is recorded only where it has one
+        datasets.append({**entry(x.name, x.train_volumes, x.train_values, x.test_values),
+                         **({"label_source": x.label_source} if x.label_source else {})})
     return {"datasets": datasets, "setting": int(setting), "label_source": str(label_source)}

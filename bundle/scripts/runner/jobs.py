@@ -36,7 +36,8 @@ TRAIN_CONFIG = "configs/train.yaml"
 EVALUATE_CONFIGS = "['configs/train.yaml','configs/evaluate.yaml']"
 NETWORK_METHODS = ("sdfsmis",)
 _ROW_KEYS = ("method", "label", "setting", "exclusion_rule", "shots", "train_shots", "label_source", "preset",
-             "autoencoder", "use_qe", "use_vtct", "use_support_kv", "keep_largest_3d")
+             "autoencoder", "use_qe", "use_vtct", "use_support_kv", "keep_largest_3d", "extra_datasets",
+             "mixture_weights")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ class Job:
     use_vtct: bool | None = None
     use_support_kv: bool | None = None
     steps: int | None = None
+    # more datasets in the training: (dataset, folder under <shared>/data or absolute, label source or
+    # None for the row's), every class and patient of each; and the datasets' shares, main first
+    extra_datasets: tuple[tuple[str, str, str | None], ...] | None = None
+    mixture_weights: tuple[float, ...] | None = None
     # evaluation only: the network's post-processing (a result without it predates the 3D step)
     keep_largest_3d: bool | None = None
     overrides: tuple[tuple[str, object], ...] = field(default=())
@@ -77,7 +82,9 @@ class Job:
         flags = "".join(f"-no{part}" for part, on in (("qe", self.use_qe), ("vtct", self.use_vtct),
                                                       ("kv", self.use_support_kv)) if on is False)
         setting = f"s{self.setting}" + (self.exclusion_rule if self.setting == 2 else "")
-        return f"{self.preset}-{self.autoencoder}{flags}_{setting}_{self.label_source}"
+        extras = "".join(f"+{name}{source or ''}" for name, _, source in self.extra_datasets or ())
+        shares = "_mix" + "-".join(f"{w:g}" for w in self.mixture_weights) if self.mixture_weights else ""
+        return f"{self.preset}-{self.autoencoder}{flags}_{setting}_{self.label_source}{extras}{shares}"
 
     @property
     def name(self) -> str:
@@ -143,7 +150,11 @@ def expand_rows(table: Table, steps: int | None = None) -> list[list[Job]]:
                           autoencoder=keys.get("autoencoder", "taef2"), use_qe=bool(keys.get("use_qe", True)),
                           use_vtct=bool(keys.get("use_vtct", True)),
                           use_support_kv=bool(keys.get("use_support_kv", True)),
-                          steps=int(steps or table.steps), keep_largest_3d=bool(keys.get("keep_largest_3d", True)))
+                          steps=int(steps or table.steps), keep_largest_3d=bool(keys.get("keep_largest_3d", True)),
+                          extra_datasets=tuple(tuple(entry) for entry in keys["extra_datasets"])
+                          if keys.get("extra_datasets") else None,
+                          mixture_weights=tuple(float(w) for w in keys["mixture_weights"])
+                          if keys.get("mixture_weights") else None)
         rows.append([Job(group=tuple(group), fold=int(fold), **common) for group in table.groups for fold in table.folds])
     return rows
 
@@ -177,7 +188,10 @@ class Workspace:
                                                              (self.home, self.results, self.shared, self.bundle))
 
     def dataset_dir(self, job: Job) -> Path:
-        path = Path(job.dataset_dir)
+        return self.data_dir(job.dataset_dir)
+
+    def data_dir(self, folder: str) -> Path:
+        path = Path(folder)
         return path if path.is_absolute() else self.shared / "data" / path
 
     def autoencoder_path(self, job: Job) -> Path | None:
@@ -237,6 +251,11 @@ def train_command(job: Job, ws: Workspace) -> list[str]:
                 autoencoder=job.autoencoder, autoencoder_path=ws.autoencoder_path(job), use_qe=job.use_qe,
                 use_vtct=job.use_vtct, use_support_kv=job.use_support_kv, steps=job.steps,
                 run_name=job.train_key, output_dir=ws.train_dir(job), **dict(job.overrides))
+    if job.extra_datasets:
+        keys["extra_datasets"] = [{"dataset": name, "dataset_dir": str(ws.data_dir(folder)), "label_source": source}
+                                  for name, folder, source in job.extra_datasets]
+    if job.mixture_weights:
+        keys["mixture_weights"] = list(job.mixture_weights)
     return [ws.python, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN_CONFIG, *_args(keys)]
 
 
