@@ -89,7 +89,8 @@ shipped-model: setup
 		--dataset chaost2 --dataset_dir $(SHARED)/data/CHAOST2 \
 		--extra_datasets "[{'dataset': 'cmr', 'dataset_dir': '$(SHARED)/data/CMR'}]" \
 		--autoencoder taef2 --autoencoder_path $(SHARED)/weights/taef2 \
-		--setting 1 --test_labels "[]" --fold null --steps 3000 $(if $(CACHE_DIR),--cache_dir $(CACHE_DIR),)
+		--setting 1 --test_labels "[]" --fold null --steps 3000 --run_name $(SHIPPED_RUN) \
+		$(if $(CACHE_DIR),--cache_dir $(CACHE_DIR),)
 	cd bundle && $(PY) -m scripts.network.export runs/$(SHIPPED_RUN)/model.pt models/model.pt \
 		--autoencoder_path weights/taef2
 

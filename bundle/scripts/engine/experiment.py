@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.data.episodes import EpisodeDataset
+from scripts.data.episodes import SOURCES, EpisodeDataset
 from scripts.data.mixture import EpisodeMixture
 from scripts.data.presets import get_preset
 from scripts.data.volumes import DataError, Volume, load_dataset
@@ -99,7 +99,6 @@ def run_name(dataset, setting, test_labels, fold, extra_datasets=()) -> str:
 # ---- several datasets in one training --------------------------------------------------------
 # label_source None: the training's own; "gt" | "supervoxel" | "both" gives this dataset its own
 EXTRA_KEYS = {"dataset": None, "dataset_dir": None, "test_labels": [], "fold": None, "n_folds": 5, "label_source": None}
-LABEL_SOURCES = ("gt", "supervoxel", "both")
 
 
 @dataclass
@@ -145,8 +144,8 @@ def load_extra_datasets(entries, main_dataset, label_source: str = "gt") -> list
         if missing:
             raise ValueError(f"{where} ({entry.get('dataset', 'no dataset')}) needs {' and '.join(missing)}")
         config = {**EXTRA_KEYS, **entry}
-        if config["label_source"] is not None and config["label_source"] not in LABEL_SOURCES:
-            raise ValueError(f"{where}: label_source must be one of {LABEL_SOURCES} (or null: the training's), "
+        if config["label_source"] is not None and config["label_source"] not in SOURCES:
+            raise ValueError(f"{where}: label_source must be one of {SOURCES} (or null: the training's), "
                              f"got {config['label_source']!r}")
         with_supervoxels = (config["label_source"] or label_source) != "gt"
         try:
