@@ -249,6 +249,26 @@ def test_jobs_sharing_a_training_train_once_and_a_failed_training_resumes(ws):
     assert "0 failed" in background.status(ws, {"mini": table})
 
 
+def test_a_baseline_finished_in_another_table_is_reused_not_evaluated_again(ws):
+    first = small_table(folds=(0,))
+    run_table(first, expand(first), ws, runner=FakeBundle(dice={("support_copy", 0): 0.3}), say=quiet)
+    # Setting 2 changes what the network trains on, not what a baseline does
+    second = small_table(name="mini_s2", folds=(0,), defaults={"setting": 2, "label_source": "gt"},
+                         rows=(*small_table().rows, {"method": "support_copy", "label": "copy", "shots": 3}))
+    net, copy, copy3 = expand(second)
+    fake = FakeBundle(dice={("support_copy", 0): 0.9})
+    outcome = run_table(second, [net, copy, copy3], ws, runner=fake, say=quiet)
+    assert set(outcome.values()) == {"finished"}
+    evaluated = [_value(argv, "method") + _value(argv, "shots") for argv in fake.calls if argv[4] == "evaluating"]
+    assert sorted(evaluated) == ["sdfsmis1", "support_copy3"]  # the 1-shot copy came from `mini`
+    reused = load_result(copy, ws)
+    assert reused["table"] == "mini_s2" and reused["config"]["table"] == "mini_s2"
+    assert reused["reused_from"]["table"] == "mini" and reused["reused_from"]["job"] == copy.name
+    assert reused["modes"]["ep1"]["summary"]["mean"]["dice_mean"] == pytest.approx(0.3)
+    assert load_result(copy3, ws)["modes"]["ep1"]["summary"]["mean"]["dice_mean"] == pytest.approx(0.9)
+    assert "reused_from" not in load_result(net, ws)  # a network job of Setting 2 trains its own model
+
+
 def test_a_job_held_by_another_runner_is_left_to_it_and_shown_running(ws):
     table = small_table()
     job = expand(table)[1]

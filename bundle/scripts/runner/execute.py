@@ -99,21 +99,47 @@ def _read_json(path: Path):
         return None
 
 
+def _numbers_keys(config: dict | None, ignore: tuple[str, ...] = ("label",)) -> dict:
+    """The keys that decide a result's numbers: the row's display label may change without
+    invalidating results, and a key that does not apply (None) reads as absent, so adding one
+    keeps older results valid."""
+    return {k: v for k, v in (config or {}).items() if k not in ignore and v is not None}
+
+
+def _complete_for(result, job: Job, ignore: tuple[str, ...] = ("label",)) -> bool:
+    """Whether ``result`` is a finished result with ``job``'s numbers keys and modes."""
+    if not isinstance(result, dict) or result.get("schema") != RESULT_SCHEMA or result.get("status") != "complete":
+        return False
+    wanted = _numbers_keys(json.loads(json.dumps(job.config(), default=str)), ignore)
+    return _numbers_keys(result.get("config"), ignore) == wanted and set(result.get("modes", {})) == set(job.modes)
+
+
 def load_result(job: Job, ws: Workspace) -> dict | None:
     """The job's result if it is finished *for this configuration*; None otherwise (absent, torn,
     or written for other keys, e.g. another step budget)."""
     result = _read_json(ws.result_path(job))
-    if not isinstance(result, dict) or result.get("schema") != RESULT_SCHEMA or result.get("status") != "complete":
-        return None
-    def numbers_keys(config):  # the row's display label may change without invalidating results;
-        # a key that does not apply (None) reads as absent, so adding one keeps older results valid
-        return {k: v for k, v in (config or {}).items() if k != "label" and v is not None}
+    return result if _complete_for(result, job) else None
 
-    if numbers_keys(result.get("config")) != numbers_keys(json.loads(json.dumps(job.config(), default=str))):
+
+def reuse_baseline_result(job: Job, ws: Workspace) -> Path | None:
+    """A baseline trains nothing, so the training setting does not reach it: another table's
+    finished result of the same baseline, data, group, fold, shots and modes is this job's result
+    too. Writes it as this job's (``reused_from`` names the original) and returns the original's
+    path; None where there is none (or the job trains)."""
+    if job.trains:
         return None
-    if set(result.get("modes", {})) != set(job.modes):
-        return None
-    return result
+    for path in sorted(ws.results.glob(f"*/{job.name}.json")):
+        if path == ws.result_path(job):
+            continue
+        result = _read_json(path)
+        if not _complete_for(result, job, ignore=("label", "table")):
+            continue
+        origin = result.get("reused_from") or {"table": result.get("table"), "job": result.get("job"),
+                                               "finished_at": result.get("finished_at")}
+        _write_json(ws.result_path(job), dict(result, table=job.table, job=job.name, config=job.config(),
+                                              reused_from=origin))
+        return path
+    return None
 
 
 class _Lock:
@@ -283,8 +309,9 @@ def _train(job: Job, ws: Workspace, runner: CommandRunner, env: dict, say) -> di
 
 def run_job(job: Job, ws: Workspace, runner: CommandRunner = run_subprocess, env: dict | None = None,
             say: Callable[[str], None] = print) -> str:
-    """Bring one job to its result file. Returns 'done' (already finished), 'finished', 'busy'
-    (another process holds it) or raises JobFailed."""
+    """Bring one job to its result file. Returns 'done' (already finished), 'finished' (evaluated
+    now, or a baseline's identical result taken from another table), 'busy' (another process
+    holds it) or raises JobFailed."""
     if load_result(job, ws) is not None:
         return "done"
     env = dict(os.environ if env is None else env)
@@ -293,6 +320,10 @@ def run_job(job: Job, ws: Workspace, runner: CommandRunner = run_subprocess, env
             return "busy"
         if load_result(job, ws) is not None:  # finished by another runner meanwhile
             return "done"
+        reused = reuse_baseline_result(job, ws)
+        if reused is not None:
+            say(f"the same baseline run of {reused.parent.name} stands for it (nothing trains)")
+            return "finished"
         t_start = time.time()
         training = _train(job, ws, runner, env, say) if job.trains else None
         eval_dir = ws.eval_dir(job)
