@@ -249,7 +249,7 @@ def test_jobs_sharing_a_training_train_once_and_a_failed_training_resumes(ws):
     assert "0 failed" in background.status(ws, {"mini": table})
 
 
-def test_a_baseline_finished_in_another_table_is_reused_not_evaluated_again(ws):
+def test_a_job_finished_in_another_table_is_reused_not_run_again(ws):
     first = small_table(folds=(0,))
     run_table(first, expand(first), ws, runner=FakeBundle(dice={("support_copy", 0): 0.3}), say=quiet)
     # Setting 2 changes what the network trains on, not what a baseline does
@@ -267,6 +267,11 @@ def test_a_baseline_finished_in_another_table_is_reused_not_evaluated_again(ws):
     assert reused["modes"]["ep1"]["summary"]["mean"]["dice_mean"] == pytest.approx(0.3)
     assert load_result(copy3, ws)["modes"]["ep1"]["summary"]["mean"]["dice_mean"] == pytest.approx(0.9)
     assert "reused_from" not in load_result(net, ws)  # a network job of Setting 2 trains its own model
+    # the same network row in a third table (an ablation's `full` row) shares the run and its numbers
+    third = small_table(name="mini_ablation", folds=(0,), rows=({**first.rows[0], "label": "full"},))
+    again = FakeBundle()
+    assert run_table(third, expand(third), ws, runner=again, say=quiet) == {expand(third)[0].name: "finished"}
+    assert again.calls == [] and load_result(expand(third)[0], ws)["reused_from"]["table"] == "mini"
 
 
 def test_a_job_held_by_another_runner_is_left_to_it_and_shown_running(ws):

@@ -121,13 +121,12 @@ def load_result(job: Job, ws: Workspace) -> dict | None:
     return result if _complete_for(result, job) else None
 
 
-def reuse_baseline_result(job: Job, ws: Workspace) -> Path | None:
-    """A baseline trains nothing, so the training setting does not reach it: another table's
-    finished result of the same baseline, data, group, fold, shots and modes is this job's result
-    too. Writes it as this job's (``reused_from`` names the original) and returns the original's
-    path; None where there is none (or the job trains)."""
-    if job.trains:
-        return None
+def reuse_result(job: Job, ws: Workspace) -> Path | None:
+    """Another table's finished job with this job's numbers keys (table and display label aside) is
+    this job's result too: a baseline trains nothing, so a Setting does not reach it, and a network
+    job with the same keys shares the very training run (its key) and is evaluated the same way.
+    Writes it as this job's (``reused_from`` names the original) and returns the original's path;
+    None where there is none."""
     for path in sorted(ws.results.glob(f"*/{job.name}.json")):
         if path == ws.result_path(job):
             continue
@@ -310,7 +309,7 @@ def _train(job: Job, ws: Workspace, runner: CommandRunner, env: dict, say) -> di
 def run_job(job: Job, ws: Workspace, runner: CommandRunner = run_subprocess, env: dict | None = None,
             say: Callable[[str], None] = print) -> str:
     """Bring one job to its result file. Returns 'done' (already finished), 'finished' (evaluated
-    now, or a baseline's identical result taken from another table), 'busy' (another process
+    now, or an identical job's result taken from another table), 'busy' (another process
     holds it) or raises JobFailed."""
     if load_result(job, ws) is not None:
         return "done"
@@ -320,9 +319,9 @@ def run_job(job: Job, ws: Workspace, runner: CommandRunner = run_subprocess, env
             return "busy"
         if load_result(job, ws) is not None:  # finished by another runner meanwhile
             return "done"
-        reused = reuse_baseline_result(job, ws)
+        reused = reuse_result(job, ws)
         if reused is not None:
-            say(f"the same baseline run of {reused.parent.name} stands for it (nothing trains)")
+            say(f"the identical job of table {reused.parent.name} stands for it")
             return "finished"
         t_start = time.time()
         training = _train(job, ws, runner, env, say) if job.trains else None
