@@ -99,7 +99,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         title="CMR, Setting 1, supervoxels plus CHAOST2 ground truth, 1-shot",
         dataset="cmr", dataset_dir="CMR", groups=CARDIAC_GROUPS,
         defaults=dict(setting=1, label_source="supervoxel"),
-        # the cmr table's network fills the myocardium ring in (bench/cmr_myocardium_probe.py): does
+        # the cmr table's network fills the myocardium ring in (bench/prediction_overlap_probe.py): does
         # ground truth of real organs, none of them cardiac, teach it shapes supervoxels do not?
         rows=(network("SD-FSMIS compact, TAEF2, + CHAOST2 ground truth",
                       extra_datasets=(("chaost2", "CHAOST2", "gt"),), mixture_weights=(1, 1)),),
