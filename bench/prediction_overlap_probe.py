@@ -33,7 +33,9 @@ def main(argv=None) -> None:
     parser.add_argument("--support", type=int, default=0, help="index of the support patient")
     parser.add_argument("--queries", type=int, default=3, help="the patients after the support")
     parser.add_argument("--raw", action="store_true",
-                        help="no largest-component step: where the thresholded scores lie")
+                        help="no component step (3D or per slice): where the thresholded scores lie")
+    parser.add_argument("--component_3d", choices=("largest", "support"), default=None,
+                        help="which 3D component stays (default: the checkpoint's own)")
     args = parser.parse_args(argv)
 
     from scripts.data.presets import get_preset
@@ -45,7 +47,8 @@ def main(argv=None) -> None:
     if args.organ not in preset.labels:
         parser.error(f"--organ {args.organ!r} is not a label of {args.dataset} ({sorted(preset.labels)})")
     volumes = load_dataset(args.dataset_dir, preset)
-    segmenter = build_segmenter(checkpoint=args.model, autoencoder_path=args.autoencoder_path)
+    segmenter = build_segmenter(checkpoint=args.model, autoencoder_path=args.autoencoder_path,
+                                component_3d=args.component_3d)
     if args.raw:
         segmenter.keep_largest = segmenter.keep_largest_3d = False
     organ = preset.labels[args.organ]
@@ -54,7 +57,7 @@ def main(argv=None) -> None:
     support_z = np.flatnonzero((support.label == organ).any(axis=(1, 2)))
     z = int(support_z[len(support_z) // 2])
     print(f"support: patient {support.pid}, slice {z}; {args.organ}'s slices of each query"
-          + ("; no largest-component step" if args.raw else ""))
+          + ("; no component step" if args.raw else ""))
     names = list(structures) + ["background"]
     print("| query | predicted px | " + " | ".join(f"on {n}" for n in names) + " | "
           + " | ".join(f"{n} covered" for n in structures) + " |")

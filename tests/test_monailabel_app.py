@@ -307,9 +307,10 @@ def test_python_client(server, liver_1):
         client.infer("fewshot", "image_3", {"support_image": "nope"})
 
 
-def test_conf_keep_largest_3d_reaches_the_segmenter(tmp_path):
+def test_conf_post_processing_keys_reach_the_segmenter(tmp_path):
     """``--conf keep_largest_3d false`` (a structure in several pieces) turns the 3D step off in the
-    model the task builds; unset, the checkpoint's own setting (on) holds."""
+    model the task builds, ``--conf component_3d largest`` keeps the largest component instead of
+    the one on the labelled slices; unset, the checkpoint's own settings (on, support) hold."""
     sys.path.insert(0, str(APP))
     from lib.configs.fewshot import FewShot
     from scripts.network.presets import build_segmenter, save_checkpoint_file
@@ -320,3 +321,7 @@ def test_conf_keep_largest_3d_reaches_the_segmenter(tmp_path):
         task = FewShot()
         task.init("fewshot", str(tmp_path), {"checkpoint": str(checkpoint), **conf}, None)
         assert task.model.get("cpu").keep_largest_3d is expected
+    for conf, expected in (({}, "support"), ({"component_3d": "largest"}, "largest")):
+        task = FewShot()
+        task.init("fewshot", str(tmp_path), {"checkpoint": str(checkpoint), **conf}, None)
+        assert task.model.get("cpu").component_3d == expected

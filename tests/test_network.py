@@ -7,7 +7,7 @@ import torch
 from scripts.network.autoencoders import WeightsError, build_autoencoder
 from scripts.network.one_step import make_one_step_scheduler, mask_latent_from_output, training_target
 from scripts.network.pipeline import EmptySupportError
-from scripts.network.postprocess import keep_largest_component_3d
+from scripts.network.postprocess import keep_largest_component_3d, keep_support_component_3d
 from scripts.network.presets import build_segmenter, load_checkpoint_file, save_checkpoint_file
 from shared_paths import shared_path
 
@@ -113,8 +113,10 @@ def test_predict_scores_and_binarize(tiny):
     scores = tiny.predict_scores(support_image[:, 0][None].numpy(), support_mask[:, 0][None].numpy(),
                                  query_image[:, 0].numpy(), np.zeros(3, int))
     assert scores.shape == (3, SIZE, SIZE) and scores.dtype == np.float32
-    masks = tiny.binarize(scores)
+    masks = tiny.binarize(scores, support_mask[:, 0].numpy())
     assert masks.shape == scores.shape and masks.dtype == bool
+    with pytest.raises(ValueError, match="pass them"):  # the default 3D step picks by the support
+        tiny.binarize(scores)
 
 
 def test_binarize_keeps_the_organ_not_a_distant_look_alike(tiny):
@@ -128,14 +130,57 @@ def test_binarize_keeps_the_organ_not_a_distant_look_alike(tiny):
     scores[0, 10:12, 10:12] = 1  # meets slice 1's organ only at the corner (9, 9) -> (10, 10)
     scores[6, 0:3, 0:3] = 1  # a look-alike two slices away
     segmenter = tiny.with_net(tiny.net)
-    segmenter.threshold, segmenter.threshold_mode = 0.0, "absolute"
-    masks = segmenter.binarize(scores)
-    np.testing.assert_array_equal(masks, (scores > 0) & np.isin(np.arange(7), [1, 2, 3, 4])[:, None, None])
+    segmenter.threshold, segmenter.threshold_mode, segmenter.component_3d = 0.0, "absolute", "largest"
+    organ = (scores > 0) & np.isin(np.arange(7), [1, 2, 3, 4])[:, None, None]
+    np.testing.assert_array_equal(segmenter.binarize(scores), organ)
+    support = np.zeros((1, 16, 16), np.float32)
+    support[0, 5:9, 5:9] = 1  # the footprint reaches the look-alikes too: the organ has most voxels on it
+    segmenter.component_3d = "support"
+    np.testing.assert_array_equal(segmenter.binarize(scores, support), organ)
     segmenter.keep_largest_3d = False
     assert segmenter.binarize(scores)[6].sum() == 9 and segmenter.binarize(scores)[0].sum() == 4
     assert not segmenter.binarize(-np.ones((3, 8, 8), np.float32)).any()
     with pytest.raises(ValueError, match="Q, H, W"):
         keep_largest_component_3d(np.zeros((8, 8), bool))
+
+
+def test_support_rule_keeps_the_component_on_the_support_not_the_larger_look_alike(tiny):
+    """``component_3d: support``: of two organs the network finds (a right-kidney support, both
+    kidneys predicted), the one on the support's footprint stays when the larger lies off it; the
+    footprint is grown by the margin (another patient's organ sits a few pixels off); with no
+    component on it, the largest stays, and so does a largest with a fair share on it, even if a
+    smaller blob lies wholly on it (an organ shifted half off the support's position)."""
+    scores = -np.ones((4, 40, 40), np.float32)
+    scores[:, 8:14, 8:14] = 1  # the organ the support shows: 36 px per slice
+    scores[:, 20:36, 20:36] = 1  # its look-alike: 256 px per slice
+    support = np.zeros((2, 1, 40, 40), np.float32)
+    support[0, 0, 6:12, 6:12] = 1
+    segmenter = tiny.with_net(tiny.net)
+    segmenter.threshold, segmenter.threshold_mode = 0.0, "absolute"
+    organ = np.zeros((4, 40, 40), bool)
+    organ[:, 8:14, 8:14] = True
+    look_alike = (scores > 0) & ~organ
+    assert segmenter.component_3d == "support"  # the default
+    np.testing.assert_array_equal(segmenter.binarize(scores, support), organ)
+    segmenter.component_3d = "largest"
+    np.testing.assert_array_equal(segmenter.binarize(scores, support), look_alike)
+    segmenter.component_3d = "support"
+    with pytest.raises(ValueError, match="pass them"):
+        segmenter.binarize(scores)
+    near = np.zeros((1, 40, 40), np.float32)
+    near[0, 0:4, 8:14] = 1  # 5 px above the organ: reached only through the margin
+    np.testing.assert_array_equal(keep_support_component_3d(scores > 0, near, margin=8), organ)
+    np.testing.assert_array_equal(keep_support_component_3d(scores > 0, near, margin=0), look_alike)
+    shifted = np.zeros((1, 40, 40), np.float32)
+    shifted[0, 8:25, 8:26] = 1  # all of the organ (144 voxels), 120 of the look-alike's 1024 (> 10 %)
+    np.testing.assert_array_equal(keep_support_component_3d(scores > 0, shifted, margin=0), look_alike)
+    np.testing.assert_array_equal(keep_support_component_3d(scores > 0, shifted, margin=0, min_share=0.2), organ)
+    with pytest.raises(ValueError, match="empty"):
+        keep_support_component_3d(scores > 0, np.zeros((1, 40, 40)))
+    with pytest.raises(ValueError, match="slice shape"):
+        keep_support_component_3d(scores > 0, np.ones((1, 20, 20)))
+    with pytest.raises(ValueError, match="component_3d"):
+        type(tiny)(tiny.net, tiny.autoencoder, tiny.mask_codec, component_3d="nearest")
 
 
 def test_checkpoint_round_trip_and_mismatch(tmp_path, tiny):

@@ -33,7 +33,7 @@ class Recorder:
                            query_episode.copy()))
         return support_masks.mean(axis=1)[query_episode]
 
-    def binarize(self, scores):
+    def binarize(self, scores, support_masks=None):
         return scores > 0.5
 
 

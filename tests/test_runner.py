@@ -108,6 +108,11 @@ def test_tables_expand_into_the_protocol_jobs():
     s2 = [j for j in expand(TABLES["chaost2_s2"]) if j.trains]
     assert {(j.setting, j.exclusion_rule) for j in s2} == {(2, "any"), (2, "all")}
     assert len({j.train_key for j in s2}) == 2 * 2 * 5
+    # the support-component rows evaluate the same trainings under their own names
+    support = [j for j in s2 if j.component_3d == "support"]
+    assert len(support) == 2 * 2 * 5 and all("-supportcc_" in j.name for j in support)
+    assert {j.train_key for j in support} == {j.train_key for j in s2 if j.component_3d is None}
+    assert _value(evaluate_command(support[0], Workspace()), "component_3d") == "support"
 
     cmr = expand(TABLES["cmr"])
     assert {j.group for j in cmr} == {("lv_bp", "lv_myo", "rv")}
@@ -211,6 +216,8 @@ def test_jobs_write_results_and_finished_jobs_are_skipped(ws):
     assert load_result(expand(relabelled)[0], ws) is not None
     # the network's post-processing is: a result from before the 3D step is re-evaluated, not retrained
     assert _value(evaluate_command(job, ws), "keep_largest_3d") == "True"
+    # the 3D component rule is passed explicitly, so a checkpoint's default never decides a table
+    assert _value(evaluate_command(job, ws), "component_3d") == "largest" and job.component_3d is None
     path = ws.result_path(job)
     older = json.loads(path.read_text())
     del older["config"]["keep_largest_3d"]

@@ -246,8 +246,8 @@ class CountingSegmenter:
             kwargs.pop("support_latents", None)
         return self.segmenter.predict_scores(*args, **kwargs)
 
-    def binarize(self, scores):
-        return self.segmenter.binarize(scores)
+    def binarize(self, scores, support_masks=None):
+        return self.segmenter.binarize(scores, support_masks)
 
 
 @pytest.mark.parametrize("same_volume", [True, False])

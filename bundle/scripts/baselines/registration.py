@@ -73,7 +73,7 @@ class Registration:
                 scores[q] += self.warp_mask(sup[e, k], masks[e, k], qry[q]) / sup.shape[1]
         return scores
 
-    def binarize(self, scores) -> np.ndarray:
+    def binarize(self, scores, support_masks=None) -> np.ndarray:  # the warped support mask, no component step
         return np.asarray(scores) > 0.5
 
     # -- registration -----------------------------------------------------------------------

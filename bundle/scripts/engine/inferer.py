@@ -96,12 +96,10 @@ def segment_volume(method, support_image: np.ndarray, support_label: np.ndarray,
             query_latents, support_pool, pool_z = latents
             rows = torch.as_tensor(np.searchsorted(pool_z, episodes.reshape(-1)), device=support_pool.device)
             kwargs = {"query_latents": query_latents, "support_latents": support_pool.index_select(0, rows)}
-        organ_scores = method.predict_scores(
-            support_image[episodes], (support_label[episodes] == value).astype(np.float32),
-            query_image, query_episode, **kwargs,
-        )
+        support_masks = (support_label[episodes] == value).astype(np.float32)
+        organ_scores = method.predict_scores(support_image[episodes], support_masks, query_image, query_episode, **kwargs)
         scores.append(organ_scores)
-        masks.append(method.binarize(organ_scores))
+        masks.append(method.binarize(organ_scores, support_masks=support_masks))
         result.shots_per_label[name] = int(episodes.shape[1])
         result.support_slices[name] = [int(z) for z in support_z]
     merged = merge_organs(np.stack(scores), np.stack(masks), [labels[n] for n in names])

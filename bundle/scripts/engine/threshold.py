@@ -31,13 +31,13 @@ def choose_threshold(method, volumes, values: dict[str, int], candidates=CANDIDA
         for case in cases:
             support, query = by_pid[case["support_pid"]], by_pid[case["query_pid"]]
             episodes = episodes_for("ep1", support, query, case["value"])
-            scores = method.predict_scores(
-                support.image[episodes.support_z], (support.label[episodes.support_z] == case["value"]).astype(np.float32),
-                query.image[episodes.query_z], episodes.query_episode)
+            support_masks = (support.label[episodes.support_z] == case["value"]).astype(np.float32)
+            scores = method.predict_scores(support.image[episodes.support_z], support_masks,
+                                           query.image[episodes.query_z], episodes.query_episode)
             truth = query.label[episodes.query_z] == case["value"]
             for threshold in dice:
                 method.threshold = threshold
-                dice[threshold].append(dice_from_counts(*confusion(method.binarize(scores), truth)) or 0.0)
+                dice[threshold].append(dice_from_counts(*confusion(method.binarize(scores, support_masks), truth)) or 0.0)
     finally:
         method.threshold = saved
     means = {t: float(np.mean(d)) for t, d in dice.items()}

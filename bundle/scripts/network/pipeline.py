@@ -16,7 +16,10 @@ import torch.nn.functional as F
 
 from .autoencoders import LatentAutoencoder
 from .one_step import make_one_step_scheduler, mask_latent_from_output, training_target
-from .postprocess import keep_largest_component_3d, keep_largest_component_per_slice, threshold_scores
+from .postprocess import (
+    COMPONENT_RULES, keep_largest_component_3d, keep_largest_component_per_slice, keep_support_component_3d,
+    threshold_scores,
+)
 from .sdfsmis import SDFSMISNet
 from .speed import encode_chunk, set_memory_format
 
@@ -43,6 +46,7 @@ class FewShotSegmenter(nn.Module):
         threshold_mode: str = "absolute",
         keep_largest: bool = True,
         keep_largest_3d: bool = True,
+        component_3d: str = "support",
         dice_weight: float = 0.5,
         dice_sharpness: float = 4.0,
         query_chunk: int = 64,
@@ -57,6 +61,9 @@ class FewShotSegmenter(nn.Module):
         self.threshold_mode = threshold_mode
         self.keep_largest = keep_largest
         self.keep_largest_3d = keep_largest_3d
+        if component_3d not in COMPONENT_RULES:
+            raise ValueError(f"component_3d must be one of {COMPONENT_RULES}, got {component_3d!r}")
+        self.component_3d = component_3d
         self.dice_weight = dice_weight
         self.dice_sharpness = dice_sharpness
         self.query_chunk = query_chunk
@@ -66,8 +73,10 @@ class FewShotSegmenter(nn.Module):
     def with_net(self, net: SDFSMISNet) -> "FewShotSegmenter":
         """The same pipeline around other weights (e.g. the EMA of the trained ones)."""
         other = FewShotSegmenter(
-            net, self.autoencoder, self.mask_codec, self.threshold, self.threshold_mode, self.keep_largest,
-            self.keep_largest_3d, self.dice_weight, self.dice_sharpness, self.query_chunk, self._latent_cache_size,
+            net, self.autoencoder, self.mask_codec, threshold=self.threshold, threshold_mode=self.threshold_mode,
+            keep_largest=self.keep_largest, keep_largest_3d=self.keep_largest_3d, component_3d=self.component_3d,
+            dice_weight=self.dice_weight, dice_sharpness=self.dice_sharpness, query_chunk=self.query_chunk,
+            latent_cache_size=self._latent_cache_size,
         )
         other.config, other.unet_config = getattr(self, "config", {}), getattr(self, "unet_config", {})
         other.trained_on = getattr(self, "trained_on", None)
@@ -178,8 +187,14 @@ class FewShotSegmenter(nn.Module):
         self.train(was_training)
         return torch.cat(scores).float().cpu().numpy()
 
-    def binarize(self, scores: np.ndarray) -> np.ndarray:
+    def binarize(self, scores: np.ndarray, support_masks: np.ndarray | None = None) -> np.ndarray:
+        """Scores (Q, H, W) -> masks. ``support_masks`` (..., H, W): the support of these scores, which
+        ``component_3d: support`` needs to pick the 3D component."""
         masks = threshold_scores(scores, self.threshold, self.threshold_mode)
-        if self.keep_largest_3d:
+        if self.keep_largest_3d and self.component_3d == "support":
+            if support_masks is None:
+                raise ValueError("component_3d 'support' picks the component by the support masks: pass them")
+            masks = keep_support_component_3d(masks, support_masks)
+        elif self.keep_largest_3d:
             masks = keep_largest_component_3d(masks)
         return keep_largest_component_per_slice(masks) if self.keep_largest else masks

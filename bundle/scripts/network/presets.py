@@ -54,7 +54,7 @@ PRESETS = {
 MODEL_KEYS = (
     "preset", "autoencoder", "autoencoder_path", "mask_codec", "visual_encoder", "visual_encoder_path",
     "unet_path", "use_qe", "use_vtct", "use_support_kv", "threshold", "threshold_mode", "keep_largest",
-    "keep_largest_3d", "dice_weight", "local_files_only",
+    "keep_largest_3d", "component_3d", "dice_weight", "local_files_only",
 )
 
 
@@ -68,7 +68,7 @@ def model_config(preset: str = "compact", **overrides) -> dict:
     config = dict(
         preset=preset, autoencoder_path=None, visual_encoder_path=None, unet_path=None, use_qe=True,
         use_vtct=True, use_support_kv=True, threshold=0.0, threshold_mode="absolute", keep_largest=True,
-        keep_largest_3d=True, dice_weight=0.5, local_files_only=True, **PRESETS[preset],
+        keep_largest_3d=True, component_3d="support", dice_weight=0.5, local_files_only=True, **PRESETS[preset],
     )
     config.update({key: value for key, value in overrides.items() if value is not None})
     return config
@@ -139,7 +139,8 @@ def build_segmenter(checkpoint: str | Path | None = None, device: str | torch.de
     )
     segmenter = FewShotSegmenter(
         net, autoencoder, mask_codec, threshold=config["threshold"], threshold_mode=config["threshold_mode"],
-        keep_largest=config["keep_largest"], keep_largest_3d=config["keep_largest_3d"], dice_weight=config["dice_weight"],
+        keep_largest=config["keep_largest"], keep_largest_3d=config["keep_largest_3d"],
+        component_3d=config["component_3d"], dice_weight=config["dice_weight"],
     )
     segmenter.config = config
     # diffusers' private bookkeeping (e.g. `_use_default_values`, in hash-seed order) would make

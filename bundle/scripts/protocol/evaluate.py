@@ -40,7 +40,7 @@ class FewShotMethod(Protocol):
     def predict_scores(self, support_images: np.ndarray, support_masks: np.ndarray,
                        query_images: np.ndarray, query_episode: np.ndarray) -> np.ndarray: ...
 
-    def binarize(self, scores: np.ndarray) -> np.ndarray: ...
+    def binarize(self, scores: np.ndarray, support_masks: np.ndarray | None = None) -> np.ndarray: ...
 
 
 def episodes_for(mode: str, support, query, value: int, shots: int = 1) -> SliceEpisodes:
@@ -67,7 +67,7 @@ def predict_case(method: FewShotMethod, support, query, value: int,
     query_images = np.asarray(query.image, dtype=np.float32)[episodes.query_z]
     scores = method.predict_scores(support_images, support_masks, query_images,
                                    episodes.query_episode.copy())
-    binary = np.asarray(method.binarize(scores)).astype(bool)
+    binary = np.asarray(method.binarize(scores, support_masks=support_masks)).astype(bool)
     if binary.shape != query_images.shape:
         raise ValueError(f"{getattr(method, 'name', method)} returned masks of shape {binary.shape} "
                          f"for query slices of shape {query_images.shape}")

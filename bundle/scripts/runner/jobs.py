@@ -36,8 +36,8 @@ TRAIN_CONFIG = "configs/train.yaml"
 EVALUATE_CONFIGS = "['configs/train.yaml','configs/evaluate.yaml']"
 NETWORK_METHODS = ("sdfsmis",)
 _ROW_KEYS = ("method", "label", "setting", "exclusion_rule", "shots", "train_shots", "label_source", "preset",
-             "autoencoder", "use_qe", "use_vtct", "use_support_kv", "keep_largest_3d", "extra_datasets",
-             "mixture_weights")
+             "autoencoder", "use_qe", "use_vtct", "use_support_kv", "keep_largest_3d", "component_3d",
+             "extra_datasets", "mixture_weights")
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ class Job:
     mixture_weights: tuple[float, ...] | None = None
     # evaluation only: the network's post-processing (a result without it predates the 3D step)
     keep_largest_3d: bool | None = None
+    # which 3D component: None is the largest (every result before the choice existed), or "support"
+    component_3d: str | None = None
     overrides: tuple[tuple[str, object], ...] = field(default=())
 
     @property
@@ -93,7 +95,7 @@ class Job:
         if not self.trains:
             return f"{self.method}_{group}_{self.shots}shot_fold{self.fold}"
         trained = "" if self.train_shots == self.shots else f"-t{self.train_shots}"
-        post = "-slicecc" if self.keep_largest_3d is False else ""
+        post = "-slicecc" if self.keep_largest_3d is False else f"-{self.component_3d}cc" if self.component_3d else ""
         return (f"{self.method}-{self._network_tag()}_{group}_{self.shots}shot{trained}{post}_{self.steps}steps_"
                 f"fold{self.fold}")
 
@@ -151,12 +153,22 @@ def expand_rows(table: Table, steps: int | None = None) -> list[list[Job]]:
                           use_vtct=bool(keys.get("use_vtct", True)),
                           use_support_kv=bool(keys.get("use_support_kv", True)),
                           steps=int(steps or table.steps), keep_largest_3d=bool(keys.get("keep_largest_3d", True)),
+                          component_3d=_component_rule(keys.get("component_3d")),
                           extra_datasets=tuple(tuple(entry) for entry in keys["extra_datasets"])
                           if keys.get("extra_datasets") else None,
                           mixture_weights=tuple(float(w) for w in keys["mixture_weights"])
                           if keys.get("mixture_weights") else None)
         rows.append([Job(group=tuple(group), fold=int(fold), **common) for group in table.groups for fold in table.folds])
     return rows
+
+
+def _component_rule(rule: str | None) -> str | None:
+    """A row's 3D component rule; the largest is the default and reads as None (older results)."""
+    if rule in (None, "largest"):
+        return None
+    if rule != "support":
+        raise ValueError(f"component_3d must be 'largest' or 'support', got {rule!r}")
+    return rule
 
 
 def select(jobs: list[Job], only: str | None) -> list[Job]:
@@ -266,6 +278,7 @@ def evaluate_command(job: Job, ws: Workspace) -> list[str]:
     output_dir = ws.train_dir(job) if job.trains else ws.eval_dir(job)
     keys = dict(_data_args(job, ws), shots=job.shots, method=job.method, modes=list(job.modes),
                 label_source="gt", output_dir=output_dir, eval_dir=ws.eval_dir(job), **dict(job.overrides))
-    if job.trains:
+    if job.trains:  # explicit, so a checkpoint's own default never decides a table's numbers
         keys["keep_largest_3d"] = job.keep_largest_3d
+        keys["component_3d"] = job.component_3d or "largest"
     return [ws.python, "-m", "monai.bundle", "run", "evaluating", "--config_file", EVALUATE_CONFIGS, *_args(keys)]

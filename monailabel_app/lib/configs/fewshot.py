@@ -10,8 +10,11 @@
     --conf max_shots 3               labelled slices used per query slice (nearest first)
     --conf threshold <float>         default threshold (none: the checkpoint's own)
     --conf threshold_mode absolute|relative
-    --conf keep_largest_3d true|false  keep only the largest 3D component of each organ (default: the
+    --conf keep_largest_3d true|false  keep only one 3D component of each organ (default: the
                                      checkpoint's own, true); false for a structure in several pieces
+    --conf component_3d largest|support  which 3D component: the largest always, or the one on the
+                                     labelled slices' footprint where the largest lies off it
+                                     (default: the checkpoint's own)
     --conf labels <preset|json>      names of label values: a dataset preset (phantom, chaost2, ...)
                                      or {"liver": 1, ...}; clients pre-create these segments
     --conf slice_axis 2              the file axis that runs across slices
@@ -45,7 +48,7 @@ from lib.trainers.fewshot import FewShotTrain
 
 logger = logging.getLogger(__name__)
 
-MODEL_OVERRIDES = ("preset", "autoencoder", "autoencoder_path", "visual_encoder_path", "unet_path")
+MODEL_OVERRIDES = ("preset", "autoencoder", "autoencoder_path", "visual_encoder_path", "unet_path", "component_3d")
 
 
 def resolve_device(name: str | None) -> str:
