@@ -22,6 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
+from scripts.network.postprocess import COMPONENT_RULES  # noqa: E402
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -34,7 +36,7 @@ def main(argv=None) -> None:
     parser.add_argument("--queries", type=int, default=3, help="the patients after the support")
     parser.add_argument("--raw", action="store_true",
                         help="no component step (3D or per slice): where the thresholded scores lie")
-    parser.add_argument("--component_3d", choices=("largest", "support"), default=None,
+    parser.add_argument("--component_3d", choices=COMPONENT_RULES, default=None,
                         help="which 3D component stays (default: the checkpoint's own)")
     args = parser.parse_args(argv)
 

@@ -26,6 +26,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..network.postprocess import COMPONENT_RULES
 from .tables import Table
 
 __all__ = ["Job", "Workspace", "expand", "expand_rows", "select", "train_command", "evaluate_command", "REPO", "BUNDLE"]
@@ -164,11 +165,9 @@ def expand_rows(table: Table, steps: int | None = None) -> list[list[Job]]:
 
 def _component_rule(rule: str | None) -> str | None:
     """A row's 3D component rule; the largest is the default and reads as None (older results)."""
-    if rule in (None, "largest"):
-        return None
-    if rule != "support":
-        raise ValueError(f"component_3d must be 'largest' or 'support', got {rule!r}")
-    return rule
+    if rule not in (None, *COMPONENT_RULES):
+        raise ValueError(f"component_3d must be one of {COMPONENT_RULES}, got {rule!r}")
+    return None if rule in (None, "largest") else rule
 
 
 def select(jobs: list[Job], only: str | None) -> list[Job]:
