@@ -254,6 +254,17 @@ def test_jobs_sharing_a_training_train_once_and_a_failed_training_resumes(ws):
     training = json.loads(ws.result_path(jobs[0]).read_text())["training"]
     assert training["sessions"] == 2 and training["resumed_from"] == [None, 2]
     assert "0 failed" in background.status(ws, {"mini": table})
+    assert aggregate_table(table, ws)["weights_mismatches"] == []
+    # the run trained again after its first job was evaluated (a lost cache): the table says so
+    path = ws.result_path(jobs[1])
+    later = json.loads(path.read_text())
+    later["weights"]["model"].update(sha256="f" * 64, state_dict_sha256="e" * 64)
+    path.write_text(json.dumps(later))
+    data = aggregate_table(table, ws)
+    assert data["weights_mismatches"] == [{"run": jobs[0].train_key, "jobs_by_weights": {
+        load_result(jobs[0], ws)["weights"]["model"].get("state_dict_sha256")
+        or load_result(jobs[0], ws)["weights"]["model"]["sha256"]: [jobs[0].name], "e" * 64: [jobs[1].name]}}]
+    assert f"**Not one model**: these jobs share the training run `{jobs[0].train_key}`" in markdown(data)
 
 
 def test_a_job_finished_in_another_table_is_reused_not_run_again(ws):

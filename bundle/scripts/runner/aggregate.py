@@ -20,7 +20,7 @@ from .execute import _write_json, load_result
 from .jobs import Job, Workspace, expand_rows
 from .tables import Table
 
-__all__ = ["aggregate_table", "markdown", "write_table", "tables_with_results", "WEIGHTS_NOTE"]
+__all__ = ["aggregate_table", "markdown", "write_table", "tables_with_results", "weights_mismatches", "WEIGHTS_NOTE"]
 
 WEIGHTS_NOTE = (
     "Weights: every network number here comes from weights trained in this repository by this runner "
@@ -97,8 +97,22 @@ def aggregate_table(table: Table, ws: Workspace, steps: int | None = None) -> di
         "steps": sorted({j.steps for j in all_jobs if j.steps is not None}),
         "jobs_total": len(all_jobs), "jobs_finished": sum(r is not None for r in results.values()),
         "notes": [WEIGHTS_NOTE, *table.notes], "sections": sections,
-        "unmatched_result_files": unmatched,
+        "unmatched_result_files": unmatched, "weights_mismatches": weights_mismatches(results),
     }
+
+
+def weights_mismatches(results: dict) -> list[dict]:
+    """Jobs that share one training run but whose result files name different weights: the run was
+    trained again between their evaluations (its cache lost, say), so the rows that claim to show one
+    model show two. Keyed by the tensors' hash where recorded, which ignores how the file was saved."""
+    by_run: dict[str, dict[str, list[str]]] = {}
+    for name, result in results.items():
+        training = (result or {}).get("training") or {}
+        model = (result or {}).get("weights", {}).get("model") or {}
+        digest = model.get("state_dict_sha256") or model.get("sha256")
+        if training.get("run") and digest:
+            by_run.setdefault(training["run"], {}).setdefault(digest, []).append(name)
+    return [{"run": run, "jobs_by_weights": groups} for run, groups in sorted(by_run.items()) if len(groups) > 1]
 
 
 def _pct(value, std=None) -> str:
@@ -153,6 +167,11 @@ def markdown(data: dict) -> str:
                 distances.append(lead + " | ".join(_mm(c) for c in cells) + " |")
             lines += ["", "HD95 / ASSD in mm (mean over cases where both masks are non-empty; `undef.` counts "
                       "the others):", "", *distances, ""]
+    for mismatch in data.get("weights_mismatches", []):
+        groups = "; ".join(", ".join(f"`{n}`" for n in names) + f" (weights {digest[:12]})"
+                           for digest, names in mismatch["jobs_by_weights"].items())
+        lines += [f"**Not one model**: these jobs share the training run `{mismatch['run']}` but were evaluated "
+                  f"on different weights (the run was trained again between them): {groups}.", ""]
     if data["unmatched_result_files"]:
         lines += ["Result files not used (another configuration, e.g. another step budget, or unreadable): "
                   + ", ".join(f"`{n}`" for n in data["unmatched_result_files"]), ""]
