@@ -9,6 +9,7 @@ from scripts.network.one_step import make_one_step_scheduler, mask_latent_from_o
 from scripts.network.pipeline import EmptySupportError
 from scripts.network.postprocess import keep_largest_component_3d, keep_support_component_3d
 from scripts.network.presets import build_segmenter, load_checkpoint_file, save_checkpoint_file
+from scripts.network.qe import QueryEnhancement
 from shared_paths import shared_path
 
 SIZE = 64  # slices of 64x64 -> 8x8 latents: enough for the tiny U-Net's two levels
@@ -65,6 +66,27 @@ def test_query_episode_routes_each_query_to_its_support(tiny):
         first = tiny(s_lat[1:], support_mask[1:], q_lat[:1])
         second = tiny(s_lat[:1], support_mask[:1], q_lat[1:])
     torch.testing.assert_close(routed, torch.cat([first, second]), rtol=1e-4, atol=1e-5)
+
+
+def test_query_enhancement_averages_the_query_pixels_that_look_like_the_support_foreground():
+    # support: feature a on the mask, b off it; query: a on its own patch, b elsewhere
+    a, b = torch.tensor([1.0, 0.0, 0.2]), torch.tensor([0.0, 1.0, 0.2])
+    support = b[None, :, None, None].repeat(1, 1, 8, 8)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :3, :3], support[..., :3, :3] = 1, a[None, :, None, None]
+    query = b[None, :, None, None].repeat(1, 1, 8, 8)
+    query[..., 5:, 5:] = 2 * a[None, :, None, None]
+    qe = QueryEnhancement(threshold=0.7, temperature=0.1)
+    probability, weights = qe.select(support, mask, query, torch.tensor([0]), shots=1)
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[5:, 5:] = True
+    assert torch.equal(weights[0, 0] > 0, expected) and (probability[0, 0][expected] > 0.7).all()
+    assert torch.allclose(qe(support, mask, query, torch.tensor([0]), 1)[0, :, 0, 0], 2 * a)
+    # nothing passes the threshold: the top-k most foreground-like pixels are averaged instead
+    strict = QueryEnhancement(threshold=0.999, top_k=4, temperature=1.0)
+    probability, weights = strict.select(support, mask, query, torch.tensor([0]), shots=1)
+    assert (probability < 0.999).all() and int(weights.sum()) == 4
+    assert int(weights[0, 0, 5:, 5:].sum()) == 4
 
 
 def test_gradients_equal_with_and_without_gradient_checkpointing():

@@ -32,16 +32,16 @@ class QueryEnhancement(nn.Module):
         self.top_k = top_k
         self.temperature = temperature
 
-    def forward(
+    def select(
         self,
         support_latent: torch.Tensor,
         support_mask: torch.Tensor,
         query_latent: torch.Tensor,
         query_episode: torch.Tensor,
         shots: int,
-    ) -> torch.Tensor:
-        """support_latent (E*K, C, h, w), support_mask (E*K, 1, h, w) in [0, 1] at latent scale,
-        query_latent (Q, C, h, w), query_episode (Q,) -> (Q, C, h, w) query prototype map."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The query pixels the prototype averages: -> (foreground probability, 0/1 weights), each
+        (Q, 1, h, w). Inputs as ``forward``."""
         foreground = episode_mean(masked_average(support_latent, support_mask), shots)
         background = episode_mean(masked_average(support_latent, 1 - support_mask), shots)
         prototypes = torch.stack([background, foreground], dim=1)[query_episode]  # (Q, 2, C)
@@ -53,6 +53,20 @@ class QueryEnhancement(nn.Module):
         k = min(self.top_k, foreground_probability.shape[1])
         top = torch.zeros_like(selected).scatter_(1, foreground_probability.topk(k, dim=1).indices, 1.0)
         none_selected = selected.sum(dim=1, keepdim=True) == 0
-        weights = torch.where(none_selected, top, selected).view_as(query_latent[:, :1])
+        weights = torch.where(none_selected, top, selected)
+        shape = query_latent[:, :1].shape
+        return foreground_probability.view(shape), weights.view(shape)
+
+    def forward(
+        self,
+        support_latent: torch.Tensor,
+        support_mask: torch.Tensor,
+        query_latent: torch.Tensor,
+        query_episode: torch.Tensor,
+        shots: int,
+    ) -> torch.Tensor:
+        """support_latent (E*K, C, h, w), support_mask (E*K, 1, h, w) in [0, 1] at latent scale,
+        query_latent (Q, C, h, w), query_episode (Q,) -> (Q, C, h, w) query prototype map."""
+        _, weights = self.select(support_latent, support_mask, query_latent, query_episode, shots)
         prototype = masked_average(query_latent, weights)
         return prototype[:, :, None, None].expand_as(query_latent)
