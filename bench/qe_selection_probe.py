@@ -41,17 +41,18 @@ def main(argv=None) -> None:
 
     from scripts.data.presets import get_preset
     from scripts.data.volumes import load_dataset
-    from scripts.network.autoencoders import build_autoencoder
+    from scripts.network.presets import build_segmenter
     from scripts.network.qe import QueryEnhancement
 
     preset = get_preset(args.dataset)
     volumes = load_dataset(args.dataset_dir, preset)
     support, queries = volumes[args.support], volumes[args.support + 1:args.support + 1 + args.queries]
-    autoencoder = build_autoencoder(args.autoencoder, args.autoencoder_path).eval()
+    # only its encoder is used: the training runs' encoding path (chunked, frozen on the CPU)
+    segmenter = build_segmenter(preset="tiny", autoencoder=args.autoencoder, autoencoder_path=args.autoencoder_path)
 
     def encode(image: np.ndarray) -> torch.Tensor:
         with torch.no_grad():
-            return autoencoder.encode(torch.as_tensor(image, dtype=torch.float32)[:, None])
+            return segmenter.encode_images(torch.as_tensor(image, dtype=torch.float32)[:, None])
 
     def at_latent_scale(mask: np.ndarray, like: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(torch.as_tensor(mask, dtype=torch.float32)[:, None], like.shape[-2:])
