@@ -94,15 +94,17 @@ def quiet(_message):
 
 def test_tables_expand_into_the_protocol_jobs():
     s1 = expand(TABLES["chaost2_s1"])
-    assert len(s1) == 3 * 2 * 2 * 5  # (network, support_copy, registration) x {1, 3} shots x 2 groups x 5 folds
+    # (network, support_copy, registration) x {1, 3} shots, + the support-component row; x 2 groups x 5 folds
+    assert len(s1) == (3 * 2 + 1) * 2 * 5
     assert len({j.name for j in s1}) == len(s1)
     assert {j.group for j in s1} == {("liver", "spleen"), ("left_kidney", "right_kidney")}
     assert {j.method for j in s1} == {"sdfsmis", "support_copy", "registration"}
     network = [j for j in s1 if j.trains]
     assert {(j.preset, j.autoencoder, j.setting, j.steps) for j in network} == {("compact", "taef2", 1, 3000)}
-    # the 3-shot rows evaluate the 1-shot models: 10 trainings for 20 network jobs
+    # the 3-shot and support-component rows evaluate the 1-shot models: 10 trainings for 30 network jobs
     assert {j.shots for j in network} == {1, 3} and {j.train_shots for j in network} == {1}
-    assert len({j.train_key for j in network}) == 10
+    assert len(network) == 30 and len({j.train_key for j in network}) == 10
+    assert {j.component_3d for j in network} == {None, "support"}
     assert all(j.train_key is None and j.steps is None for j in s1 if not j.trains)
 
     s2 = [j for j in expand(TABLES["chaost2_s2"]) if j.trains]
@@ -117,6 +119,10 @@ def test_tables_expand_into_the_protocol_jobs():
     cmr = expand(TABLES["cmr"])
     assert {j.group for j in cmr} == {("lv_bp", "lv_myo", "rv")}
     assert {j.label_source for j in cmr if j.trains} == {"supervoxel"}
+    # 1-shot and 3-shot rows, the 3-shot network evaluating the 1-shot models (5 trainings)
+    assert {(j.method, j.shots) for j in cmr} == {(m, k) for m in ("sdfsmis", "support_copy", "registration")
+                                                  for k in (1, 3)}
+    assert len({j.train_key for j in cmr if j.trains}) == 5 and {j.train_shots for j in cmr if j.trains} == {1}
 
     ablation = [j for j in expand(TABLES["chaost2_ablation"]) if j.trains]
     variants = {(j.autoencoder, j.use_qe, j.use_vtct, j.use_support_kv, j.label_source) for j in ablation}
@@ -343,7 +349,7 @@ def _cli(*args, env=None, timeout=60):
 
 
 def test_cli_lists_jobs_starts_a_runner_and_reports_status(ws, tmp_path):
-    listing = _cli("list", "--table", "cmr", "--only", "sdfsmis")
+    listing = _cli("list", "--table", "cmr", "--only", "sdfsmis*_1shot_*")
     assert listing.returncode == 0 and len(listing.stdout.split()) == 5
     # a finished job: the background runner finds nothing to do, aggregates and exits
     job = select(expand(TABLES["chaost2_s1"]), "support_copy_liver-spleen_1shot_fold0")[0]
@@ -359,7 +365,7 @@ def test_cli_lists_jobs_starts_a_runner_and_reports_status(ws, tmp_path):
     assert "1/1 finished" in log.read_text()
     assert (ws.results / "chaost2_s1.md").is_file()
     state = _cli("status", "--table", "chaost2_s1", *args)
-    assert state.returncode == 0 and "chaost2_s1: 1/60 done, 0 running, 0 failed, 59 left" in state.stdout
+    assert state.returncode == 0 and "chaost2_s1: 1/70 done, 0 running, 0 failed, 69 left" in state.stdout
 
 
 def test_stop_ends_a_runner_and_its_commands(ws):
