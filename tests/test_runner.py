@@ -188,6 +188,12 @@ def test_a_row_with_another_datasets_ground_truth_trains_on_both(ws):
     assert eval(_value(train, "test_labels")) == ["lv_bp", "lv_myo", "rv"]  # every CMR class stays a test class
     # a job without extra datasets records none, so the results of the tables before stay valid
     assert plain[0].config()["extra_datasets"] is None and plain[0].config()["mixture_weights"] is None
+    # the table says what the row trained on: both sources, not "supervoxels only"
+    labels = {row["training_labels"] for section in aggregate_table(TABLES["cmr_abdominal_gt"], ws)["sections"]
+              for row in section["rows"]}
+    assert labels == {"supervoxels; chaost2: GT of every class"}
+    assert {row["training_labels"] for section in aggregate_table(TABLES["cmr"], ws)["sections"]
+            for row in section["rows"] if row["method"] not in ("support_copy", "registration")} == {"supervoxels only"}
 
 
 # ---- running jobs ---------------------------------------------------------------------------------

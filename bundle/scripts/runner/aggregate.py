@@ -37,8 +37,14 @@ def _training_labels(job: Job) -> str:
         return "none (no training)"
     train = [name for name in get_preset(job.dataset).labels if name not in job.group]
     gt = "GT of " + ", ".join(train)
-    return {"gt": gt, "supervoxel": "supervoxels only", "both": gt + " + supervoxels"}.get(job.label_source,
-                                                                                         job.label_source)
+    sources = {"gt": gt, "supervoxel": "supervoxels", "both": gt + " + supervoxels"}
+    if not job.extra_datasets:
+        return "supervoxels only" if job.label_source == "supervoxel" else sources.get(job.label_source,
+                                                                                        job.label_source)
+    # an extra dataset trains on every class and patient it has, with its own or the main label source
+    every = {"gt": "GT of every class", "supervoxel": "supervoxels", "both": "GT of every class + supervoxels"}
+    extras = [f"{name}: {every[source or job.label_source]}" for name, _, source in job.extra_datasets]
+    return "; ".join([sources.get(job.label_source, job.label_source), *extras])
 
 
 def _setting(job: Job) -> str:
