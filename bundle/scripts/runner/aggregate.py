@@ -32,19 +32,21 @@ _CELL_KEYS = ("dice_mean", "dice_std", "per_fold", "dice_pooled", "n_cases", "hd
               "assd_mean", "assd_undefined")
 
 
+def _label_source_text(source: str, gt: str) -> str:
+    return {"gt": gt, "supervoxel": "supervoxels", "both": gt + " + supervoxels"}.get(source, source)
+
+
 def _training_labels(job: Job) -> str:
     if not job.trains:
         return "none (no training)"
     train = [name for name in get_preset(job.dataset).labels if name not in job.group]
-    gt = "GT of " + ", ".join(train)
-    sources = {"gt": gt, "supervoxel": "supervoxels", "both": gt + " + supervoxels"}
+    main = _label_source_text(job.label_source, "GT of " + ", ".join(train))
     if not job.extra_datasets:
-        return "supervoxels only" if job.label_source == "supervoxel" else sources.get(job.label_source,
-                                                                                        job.label_source)
+        return "supervoxels only" if job.label_source == "supervoxel" else main
     # an extra dataset trains on every class and patient it has, with its own or the main label source
-    every = {"gt": "GT of every class", "supervoxel": "supervoxels", "both": "GT of every class + supervoxels"}
-    extras = [f"{name}: {every[source or job.label_source]}" for name, _, source in job.extra_datasets]
-    return "; ".join([sources.get(job.label_source, job.label_source), *extras])
+    extras = [f"{name}: {_label_source_text(source or job.label_source, 'GT of every class')}"
+              for name, _, source in job.extra_datasets]
+    return "; ".join([main, *extras])
 
 
 def _setting(job: Job) -> str:
