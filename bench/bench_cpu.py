@@ -303,7 +303,7 @@ def training_rows(bench: Bench, work: Path, args) -> None:
         autocast_step()
         times = [bench.time_once(autocast_step) for _ in range(2 * bench.repeats)]
         bench.add("e-bf16", "e under bf16 autocast (not used: changes the numbers; the CPU tables are fp32)",
-                  None, times, "", "this CPU has avx512_bf16; the Zen 2 CI machines of DESIGN.md do not")
+                  None, times, "", "this CPU has avx512_bf16; the Zen 2 CI machines of docs/DESIGN.md do not")
     if args.compile:
         # a fresh inductor cache: the compilation is timed, not a re-use of an earlier run's kernels
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor_", dir=work)

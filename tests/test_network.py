@@ -1,5 +1,7 @@
 """The SD-FSMIS network: shapes, the support K/V bank, checkpointing, pretrained loading, scheduler."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -275,10 +277,16 @@ def test_pretrained_round_trip_with_tiny_sd_and_dinov2(tmp_path):
 
 @pytest.mark.parametrize("kind,min_dice", [("taef2", 0.99), ("taesd", 0.98)])
 def test_tiny_autoencoders_keep_a_real_chaos_mask(kind, min_dice):
+    """TAEF2 and the CHAOS sample ship with the repository (runs on a fresh clone); TAESD is ../shared's."""
     import nibabel as nib
 
-    weights = shared_path("weights", kind)
-    label = nib.load(shared_path("data", "CHAOST2", "chaos_MR_T2_normalized", "label_1.nii.gz")).get_fdata()
+    bundle = Path(__file__).resolve().parents[1] / "bundle"
+    if kind == "taef2":
+        weights, label_file = bundle / "models" / "taef2", bundle / "sample" / "chaost2" / "label_15.nii.gz"
+    else:
+        weights = shared_path("weights", kind)
+        label_file = shared_path("data", "CHAOST2", "chaos_MR_T2_normalized", "label_1.nii.gz")
+    label = nib.load(label_file).get_fdata()
     z = int(np.argmax((label == 1).sum(axis=(0, 1))))
     mask = torch.tensor(label[..., z] == 1, dtype=torch.float32)[None, None]
     autoencoder = build_autoencoder(kind, weights)

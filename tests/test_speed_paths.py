@@ -183,11 +183,10 @@ def test_channels_last_tiny_autoencoder_equals_plain():
 
 
 def test_frozen_taef2_encoder_equals_eager():
-    from shared_paths import shared_path
-
     from scripts.network.autoencoders import build_autoencoder
+    from scripts.network.presets import resolve_weights_path
 
-    eager = build_autoencoder("taef2", shared_path("weights", "taef2"))
+    eager = build_autoencoder("taef2", resolve_weights_path(None, "taef2"))  # the committed models/taef2
     frozen = copy.deepcopy(eager)
     frozen.frozen_encoder = True
     x = torch.rand(2, 1, 256, 256) * 2 - 1

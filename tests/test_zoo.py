@@ -38,7 +38,8 @@ SCHEMA_SHA256 = "cd64aa8a5904426f6fc6855dabe46af8c742d5bad644b4e9cfb78ebad09ad67
 ZOO_LIMIT = 25 * 1024 * 1024
 PY = sys.executable
 WEIGHTS = SHARED / "weights"
-HAVE_TAEF2 = (WEIGHTS / "taef2" / "taef2_encoder.pth").is_file()
+TAEF2 = BUNDLE / "models" / "taef2"  # committed with its LICENSE: models/model.pt runs on a fresh clone
+HAVE_TAESD = (WEIGHTS / "taesd" / "taesd_encoder.safetensors").is_file()  # never committed
 LOCAL = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
 
 
@@ -112,37 +113,53 @@ def test_version_changelog_and_docs_move_together():
     assert versions[0] == meta["version"], "the top changelog entry must be the bundle's version"
     as_numbers = [tuple(int(part) for part in v.split(".")) for v in versions]
     assert as_numbers == sorted(as_numbers, reverse=True) and len(set(as_numbers)) == len(as_numbers)
+    for version, entry in meta["changelog"].items():  # one line per change; the release notes say the rest
+        assert "\n" not in entry and len(entry) <= 160, f"changelog {version}: one short line (CHANGELOG.md has room)"
+        assert re.search(rf"^## {re.escape(version)}\b", (REPO / "CHANGELOG.md").read_text(), re.M), version
     assert re.fullmatch(r"[a-z][a-z0-9_]*", BUNDLE_NAME)  # a folder name, as the zoo's bundles
     zip_name = f"{BUNDLE_NAME}_v{meta['version']}.zip"
     for doc in (BUNDLE / "docs" / "README.md", REPO / "README.md"):
         assert zip_name in doc.read_text(), f"{doc} shows the download command for another version"
 
 
-def test_large_files_list_every_uncommitted_weight_with_a_sha256():
+def test_large_files_list_every_weight_the_zip_leaves_out_with_a_sha256():
+    """TAESD is never committed; TAEF2 is (models/taef2, what models/model.pt reads), and still listed
+    so that the zoo's zip leaves it out and a zoo user fetches the same bytes to the same place."""
     import yaml
 
     from scripts.network.autoencoders import TAE_FORMATS
-    from scripts.network.presets import load_checkpoint_file
+    from scripts.network.presets import default_weights_path, load_checkpoint_file, resolve_weights_path
 
     listed = yaml.safe_load((BUNDLE / "large_files.yml").read_text())
     entries = {entry["path"]: entry for entry in listed["large_files"]}
-    expected = {f"weights/{kind}/{name}" for kind, (_, encoder, decoder, _) in TAE_FORMATS.items()
+    folders = {kind: default_weights_path(kind) or f"weights/{kind}" for kind in TAE_FORMATS}
+    assert folders["taef2"] == "models/taef2"
+    expected = {f"{folders[kind]}/{name}" for kind, (_, encoder, decoder, _) in TAE_FORMATS.items()
                 for name in (encoder, decoder)}
     assert set(entries) == expected
     for path, entry in entries.items():
         assert entry["hash_type"] == "sha256" and re.fullmatch(r"[0-9a-f]{64}", entry["hash_val"])
         assert entry["url"] == f"https://github.com/madebyollin/taesd/raw/main/{Path(path).name}"
-    committed = subprocess.run(["git", "ls-files", *entries], cwd=BUNDLE, capture_output=True, text=True, check=True)
-    assert committed.stdout == ""  # listed because never committed
+    taesd = [path for path in entries if path.startswith("weights/")]
+    committed = subprocess.run(["git", "ls-files", *taesd], cwd=BUNDLE, capture_output=True, text=True, check=True)
+    assert len(taesd) == 2 and committed.stdout == ""  # TAESD: listed because never committed
+    for path in set(entries) - set(taesd):  # TAEF2: in the tree, not ignored, the listed bytes
+        assert sha256(BUNDLE / path) == entries[path]["hash_val"], path
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=BUNDLE)
+        assert ignored.returncode == 1, f"{path} is ignored by git: it must be committed"
+    assert "MIT License" in (TAEF2 / "LICENSE").read_text() and "madebyollin/taesd" in (TAEF2 / "README.md").read_text()
     shipped = load_checkpoint_file(BUNDLE / "models" / "model.pt")["config"]
-    assert all(f"{shipped['autoencoder_path']}/{name}" in entries for name in TAE_FORMATS[shipped["autoencoder"]][1:3])
+    folder = Path(resolve_weights_path(shipped["autoencoder_path"], shipped["autoencoder"]))
+    assert folder == TAEF2  # the stored path (weights/taef2 until re-exported, then models/taef2)
+    assert all(f"{folder.relative_to(BUNDLE).as_posix()}/{name}" in entries
+               for name in TAE_FORMATS[shipped["autoencoder"]][1:3])
     ids = {model["id"]: model for model in listed["pretrained_models"]}
     assert set(ids) == {"stable-diffusion-v1-5/stable-diffusion-v1-5", "facebook/dinov2-base"}
     assert ids["stable-diffusion-v1-5/stable-diffusion-v1-5"]["licence"] == "CreativeML OpenRAIL-M"
     assert ids["facebook/dinov2-base"]["licence"] == "Apache-2.0"
     if WEIGHTS.is_dir():  # the workplace's copies are the listed files
         for path, entry in entries.items():
-            local = WEIGHTS / Path(path).relative_to("weights")
+            local = WEIGHTS / Path(path).parent.name / Path(path).name  # <shared>/weights/<kind>/<file>
             if local.is_file():
                 assert sha256(local) == entry["hash_val"], path
 
@@ -173,11 +190,14 @@ def test_packaging_skips_what_runs_leave_and_refuses_a_file_over_the_zoo_limit(t
     shutil.copytree(BUNDLE / "configs", copy / "configs")
     shutil.copy(BUNDLE / "large_files.yml", copy)
     left = ["runs/t/model.pt", "eval/inference/q_seg.nii.gz", "logs/x.log", "weights/taef2/taef2_encoder.pth",
-            "scripts/__pycache__/a.cpython-311.pyc", "models/model.ts", ".cache/x", "models/a.ckpt"]
-    for name in left:
+            "scripts/__pycache__/a.cpython-311.pyc", "models/model.ts", ".cache/x", "models/a.ckpt",
+            "models/taef2/taef2_encoder.pth", "models/taef2/taef2_decoder.pth", "outputs/demo/a.png"]
+    for name in left + ["models/taef2/LICENSE"]:
         (copy / name).parent.mkdir(parents=True, exist_ok=True)
         (copy / name).write_bytes(b"x")
-    assert bundle_files(copy) == sorted(f"configs/{p.name}" for p in (BUNDLE / "configs").iterdir()) + ["large_files.yml"]
+    # the committed TAEF2 is a large file of the zip (fetched); its licence travels in the zip
+    assert bundle_files(copy) == sorted(
+        [f"configs/{p.name}" for p in (BUNDLE / "configs").iterdir()] + ["large_files.yml", "models/taef2/LICENSE"])
     with open(copy / "configs" / "big.bin", "wb") as f:
         f.truncate(ZOO_LIMIT + 1)
     with pytest.raises(ValueError, match="25 MB"):
@@ -244,13 +264,8 @@ def test_ckpt_export_traces_a_torchscript_model_that_matches_eager(which, tiny_c
     from monai.data import load_net_with_metadata
 
     overrides = dict(bundle_root=str(BUNDLE), device="cpu")
-    if which == "tiny":
-        checkpoint = tiny_checkpoint
-    else:  # models/model.pt: compact + TAEF2 (a large file)
-        if not HAVE_TAEF2:
-            pytest.skip(f"{WEIGHTS / 'taef2'} is absent: the shipped model needs TAEF2 (set SDFSMIS_SHARED)")
-        checkpoint = BUNDLE / "models" / "model.pt"
-        overrides["autoencoder_path"] = str(WEIGHTS / "taef2")
+    # models/model.pt: compact + TAEF2, read from the committed models/taef2 with no path given
+    checkpoint = tiny_checkpoint if which == "tiny" else BUNDLE / "models" / "model.pt"
     exported = tmp_path / "model.ts"
     ckpt_export(net_id="network_def", filepath=str(exported), ckpt_file=str(checkpoint), meta_file=META,
                 config_file=INFERENCE, key_in_ckpt="state_dict", use_trace=True, input_shape=[1, 3, 256, 256],
@@ -273,34 +288,35 @@ def test_ckpt_export_traces_a_torchscript_model_that_matches_eager(which, tiny_c
 
 
 # ---- the packaged zip and the user's path -------------------------------------------------------------
-def _stage_without_shared_weights(dest: Path, checkpoint: Path) -> Path:
-    """Where the workplace's TAEF2 is absent: a copy of the bundle whose model.pt is a tiny
-    unshuffle checkpoint served as its one large file, so the same path runs end to end."""
-    shutil.copytree(BUNDLE, dest, ignore=shutil.ignore_patterns("runs", "eval", "weights", "__pycache__"))
-    (dest / "models" / "model.pt").unlink()
-    (dest / "large_files.yml").write_text(
-        "large_files:\n  - path: models/model.pt\n    url: https://example.invalid/model.pt\n"
-        f"    hash_val: {sha256(checkpoint)}\n    hash_type: sha256\n")
+def _stage_without_taesd(dest: Path) -> Path:
+    """Where the workplace's TAESD is absent: a copy of the bundle whose large_files.yml lists only
+    what can be served here (the committed TAEF2), so the same path runs end to end."""
+    import yaml
+
+    shutil.copytree(BUNDLE, dest, ignore=shutil.ignore_patterns("runs", "eval", "weights", "outputs", "__pycache__"))
+    listed = yaml.safe_load((BUNDLE / "large_files.yml").read_text())
+    listed["large_files"] = [e for e in listed["large_files"] if e["path"].startswith("models/taef2/")]
+    (dest / "large_files.yml").write_text(yaml.safe_dump(listed, sort_keys=False))
     return dest
 
 
 @pytest.fixture(scope="module")
-def published(server, tiny_checkpoint, tmp_path_factory):
+def published(server, tmp_path_factory):
     """The release as the zoo would host it, on 127.0.0.1: the zip made by the packaging command,
     with large_files.yml pointing at the same server, and the large files beside it."""
     from scripts.zoo import BUNDLE_NAME
 
     served, base = server
-    if HAVE_TAEF2:
+    (served / "models" / "taef2").mkdir(parents=True)
+    for name in ("taef2_encoder.pth", "taef2_decoder.pth"):
+        (served / "models" / "taef2" / name).symlink_to(TAEF2 / name)
+    if HAVE_TAESD:
         source = BUNDLE
-        for kind in ("taef2", "taesd"):
-            (served / "weights" / kind).mkdir(parents=True)
-            for name in os.listdir(WEIGHTS / kind):
-                (served / "weights" / kind / name).symlink_to(WEIGHTS / kind / name)
+        (served / "weights" / "taesd").mkdir(parents=True)
+        for name in os.listdir(WEIGHTS / "taesd"):
+            (served / "weights" / "taesd" / name).symlink_to(WEIGHTS / "taesd" / name)
     else:
-        source = _stage_without_shared_weights(tmp_path_factory.mktemp("staged") / "bundle", tiny_checkpoint)
-        (served / "models").mkdir()
-        shutil.copy(tiny_checkpoint, served / "models" / "model.pt")
+        source = _stage_without_taesd(tmp_path_factory.mktemp("staged") / "bundle")
     proc = subprocess.run([PY, "-m", "scripts.zoo.package", "--out", str(served), "--bundle_root", str(source),
                            "--large_files_mirror", base], cwd=BUNDLE, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -322,7 +338,10 @@ def test_the_zip_is_the_zoo_archive(published, tmp_path):
                          "docs/README.md", "docs/data_license.txt", "large_files.yml", "scripts/__init__.py",
                          "scripts/network/slice_network.py"):
             assert f"{BUNDLE_NAME}/{required}" in names, required
-        assert (f"{BUNDLE_NAME}/models/model.pt" in names) == HAVE_TAEF2  # else the large file itself
+        for shipped in ("models/model.pt", "models/taef2/LICENSE", "models/taef2/README.md",
+                        "sample/chaost2/README.md", "sample/chaost2/image_15.nii.gz"):
+            assert f"{BUNDLE_NAME}/{shipped}" in names, shipped
+        assert f"{BUNDLE_NAME}/models/taef2/taef2_encoder.pth" not in names  # a large file: fetched
         assert not [n for n in names if re.search(r"/(weights|runs|eval|__pycache__)/|\.pyc$", n)]
         assert max(info.file_size for info in infos.values()) <= ZOO_LIMIT
         assert z.read(f"{BUNDLE_NAME}/configs/inference.yaml") == Path(INFERENCE).read_bytes()

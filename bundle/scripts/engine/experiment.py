@@ -69,6 +69,20 @@ def split_fold(volumes, fold: int | None, n_folds: int = 5):
     return [v for v in volumes if v.pid not in test], [v for v in volumes if v.pid in test]
 
 
+def without_patients(volumes, patients, dataset_volumes=None):
+    """``volumes`` less the listed patients (``exclude_patients``: e.g. the embedded sample that the
+    demo scores, so its Dice is on patients the model never saw); a pid that is not in the dataset
+    (``dataset_volumes``, default ``volumes``) is an error, not a silent no-op."""
+    names = {str(p) for p in ([patients] if isinstance(patients, (str, int)) else list(patients or []))}
+    if not names:
+        return list(volumes)
+    known = {str(v.pid) for v in (volumes if dataset_volumes is None else dataset_volumes)}
+    if names - known:
+        raise ValueError(f"exclude_patients {sorted(names - known)} are not patients of this dataset "
+                         f"(patients: {sorted(known, key=lambda p: (len(p), p))})")
+    return [v for v in volumes if str(v.pid) not in names]
+
+
 def label_values(dataset, names) -> dict[str, int]:
     """Organ names -> label values of the dataset (a clear error for a name it does not have)."""
     labels = get_preset(dataset).labels
@@ -85,12 +99,20 @@ def training_values(dataset, test_names) -> dict[str, int]:
     return {n: v for n, v in get_preset(dataset).labels.items() if n not in test}
 
 
+def dataset_name(dataset) -> str | None:
+    """The name run folders, caches and reports use for ``dataset``: as given for a preset name,
+    the preset's ``name`` for a mapping (a user's own data: ``{name: mine, labels: {...}}``)."""
+    if dataset is None or isinstance(dataset, str):
+        return dataset
+    return get_preset(dataset).name
+
+
 def run_name(dataset, setting, test_labels, fold, extra_datasets=()) -> str:
     """`<dataset>_s<setting>_<test labels>_fold<k>`, as the runs so far are named; `all-classes`
     when nothing is held out, `all-patients` for fold None, `+<name>` per extra dataset."""
     names = [test_labels] if isinstance(test_labels, str) else list(test_labels or [])
     fold = as_fold(fold)
-    datasets = "+".join([str(dataset)] + [get_preset(entry.get("dataset")).name for entry in extra_datasets or []
+    datasets = "+".join([dataset_name(dataset)] + [get_preset(entry.get("dataset")).name for entry in extra_datasets or []
                                            if isinstance(entry, Mapping) and entry.get("dataset") is not None])
     return "{}_s{}_{}_{}".format(datasets, setting, "-".join(names) or "all-classes",
                                  "all-patients" if fold is None else f"fold{fold}")

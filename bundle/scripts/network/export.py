@@ -1,10 +1,11 @@
 """Export a trained run's EMA model as the bundle's shipped ``models/model.pt``.
 
     cd bundle && ../.venv/bin/python -m scripts.network.export runs/<run>/model.pt models/model.pt \
-        --autoencoder_path weights/taef2
+        --autoencoder_path models/taef2
 
 Weights are stored in fp16 (a compact model is ~9 MB); the stored autoencoder path is rewritten to
-the portable one that ``large_files.yml`` fills (``weights/taef2`` under the bundle root).
+the portable one the bundle ships (``models/taef2`` under the bundle root, which ``large_files.yml``
+also fills for a zoo download).
 """
 
 from __future__ import annotations
