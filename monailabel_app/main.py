@@ -4,21 +4,31 @@
         [--conf checkpoint <model.pt>] [--conf labels phantom] ...
     python -m monailabel.main start_server --app monailabel_app --studies http://<pacs>:8042/dicom-web ...
 
+With no ``--conf`` at all it serves the shipped model (``bundle/models/model.pt`` with its TAEF2
+weights from ``bundle/models/taef2``), offline.
+
 With a DICOMweb URL as ``--studies`` the datastore is a PACS (``lib/datastores/pacs.py``): labels are
 DICOM SEGs there, results go back as SEGs.
 
 The tasks live in ``lib/`` (MONAI Label's app layout); this file only wires them. The ``--conf``
-keys are listed in ``lib/configs/fewshot.py``; the client flows in ``lib/infers/fewshot.py``.
+keys are listed in ``lib/configs/fewshot.py``; the client flows in ``lib/infers/fewshot.py``; what
+a request may read and where its uploads go in ``lib/uploads.py``; what a saved label must be in
+``lib/datastores/local.py``.
 """
 
 import logging
 import os
+import time
 from typing import Dict
 
 import lib  # noqa: F401  (puts <repo>/bundle on sys.path before anything imports `scripts`)
 from lib.configs.fewshot import FewShot
+from lib.datastores.local import CheckedDatastore
 from lib.datastores.pacs import PacsDatastore
+from lib.responses import refusal
+from lib.uploads import RequestFiles, Scratch
 
+from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
@@ -33,6 +43,7 @@ class FewShotApp(MONAILabelApp):
         self.model_dir = os.path.join(app_dir, "model")
         self.fewshot = FewShot()
         self.fewshot.init("fewshot", self.model_dir, conf, None, studies=studies, datastore=lambda: self.datastore())
+        self.scratch: Scratch | None = None  # the server's uploads folder, made when the server starts
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -41,6 +52,35 @@ class FewShotApp(MONAILabelApp):
             description="Label an organ on a few slices; get it on every slice, or in another patient's scan",
             version="0.1.0",
         )
+
+    def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return CheckedDatastore(  # MONAI Label's local folder, with uploads checked before they are stored
+            self.studies, extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD, read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+            max_voxels=self.fewshot.max_voxels)
+
+    def on_init_complete(self):
+        self.scratch = Scratch()  # the server process only: tasks run in subprocesses make none
+        super().on_init_complete()
+
+    def infer(self, request, datastore=None):
+        """MONAI Label's ``infer``, for known models only (404 otherwise), reading only what the request
+        may read (``lib/uploads.py``), and leaving none of the request's uploads behind, whatever happens."""
+        began = time.time()
+        try:
+            if request.get("model") not in self._infers:
+                raise refusal(404, f"no model {str(request.get('model'))[:80]!r} on this server; its models are "
+                                   f"{sorted(self._infers)}", "few-shot")
+            RequestFiles(self.scratch, self.datastore, self.sessions).check(request)
+            result = super().infer(request, datastore)
+            if self.scratch is not None:
+                self.scratch.result(result.get("file"))
+            return result
+        finally:
+            if self.scratch is not None:
+                self.scratch.end_of_call(began)
 
     def init_remote_datastore(self) -> Datastore:
         store = super().init_remote_datastore()

@@ -27,9 +27,11 @@ def free_port() -> int:
 
 
 class MonaiLabelServer:
-    def __init__(self, studies: str, work: str | Path, conf: dict[str, str], env: dict[str, str] | None = None):
+    def __init__(self, studies: str, work: str | Path, conf: dict[str, str], env: dict[str, str] | None = None,
+                 own_group: bool = False):
         self.studies, self.work, self.conf = studies, Path(work), conf
         self.env = env or {}
+        self.own_group = own_group  # its own process group, so that kill() also ends the tasks it started
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = self.work / "server.log"
@@ -44,8 +46,9 @@ class MonaiLabelServer:
                "--host", "127.0.0.1", "--port", str(self.port)]
         for key, value in self.conf.items():
             cmd += ["--conf", key, str(value)]
-        with open(self.log, "w") as out:
-            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(self.work))
+        with open(self.log, "a") as out:
+            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(self.work),
+                                            start_new_session=self.own_group)
         deadline = time.time() + timeout_s
         while True:
             if self.process.poll() is not None:
@@ -61,4 +64,16 @@ class MonaiLabelServer:
             time.sleep(0.5)
 
     def stop(self) -> None:
+        if self.own_group and self.process is not None and self.process.poll() is None:
+            self.kill()
         stop_process(self.process)
+
+    def kill(self) -> None:
+        """SIGKILL the server and every process it started (a crash, a power cut): nothing cleans up."""
+        import signal
+
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=30)

@@ -45,6 +45,24 @@ def test_seeded_and_reusable_draws():
         a(latent, mask[0])
 
 
+def test_a_restored_state_draws_what_the_uninterrupted_stream_draws():
+    """Issue #39 item 10: ignite's checkpoint saves the augmentation's state, so a resumed training
+    goes on with the same draws; the state survives torch.save / torch.load(weights_only=True)."""
+    import io
+
+    mask, latent = _ellipse(), torch.rand(4, 32, 32)
+    running = LatentMaskAffine().set_random_state(5)
+    running(latent, mask)
+    buffer = io.BytesIO()
+    torch.save(running.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = LatentMaskAffine().set_random_state(99)  # a fresh process seeds its own stream
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    for _ in range(3):
+        expected, got = running(latent, mask), resumed(latent, mask)
+        assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
+
+
 def test_batched_warp_keeps_latent_and_mask_aligned():
     masks = torch.cat([_ellipse()[None], _ellipse(cy=150, cx=90, ry=30, rx=45)[None]])
     latents = torch.cat([F.avg_pool2d(masks, 8), torch.rand(2, 2, 32, 32)], dim=1)

@@ -116,6 +116,15 @@ def test_interrupted_training_resumes_with_its_optimizer_and_schedule(phantom_di
     assert final["optimizer"]["state"][0]["step"] == 8  # 4 restored + 4 new, not 4 from scratch
     assert final["lr_scheduler"]["last_epoch"] == 8
     assert workflow.parser.get_parsed_content("train#optimizer").param_groups[0]["lr"] == pytest.approx(0.0)
+    # exact: the augmentation's random stream is restored too, so the weights are the uninterrupted run's
+    assert "augment" in first
+    straight = quick_args(phantom_dir, tmp_path / "straight", val_interval=100)
+    run_workflow(TRAIN, "training", **straight)
+    resumed = torch.load(tmp_path / "checkpoints" / "checkpoint_iteration=8.pt", weights_only=False)["network"]
+    uninterrupted = torch.load(tmp_path / "straight" / "checkpoints" / "checkpoint_iteration=8.pt",
+                               weights_only=False)["network"]
+    for name, tensor in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
 def test_a_changed_training_never_resumes_another_runs_checkpoint(phantom_dir, tmp_path):
@@ -195,7 +204,7 @@ def test_bad_training_overrides_fail_clearly(phantom_dir, tmp_path, override, me
 
 
 def test_missing_checkpoint_fails_clearly(tmp_path):
-    with pytest.raises(Exception) as error:
+    with pytest.raises(SystemExit) as error:  # inference.yaml checks its inputs first, and exits with one line
         run_workflow(INFERENCE, "inference", bundle_root=str(BUNDLE), checkpoint=str(tmp_path / "absent.pt"),
                      support_image="a.nii.gz", support_label="b.nii.gz", query_images=["c.nii.gz"])
     assert "checkpoint not found" in _all_messages(error.value)

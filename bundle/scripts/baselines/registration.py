@@ -7,7 +7,7 @@ by aligning intensity centres of mass), then a cubic B-spline stage on top of it
 is warped with linear interpolation; K shots' warped masks are averaged and binarized at 0.5.
 
 Across patients registration can fail outright: ITK raises (e.g. every sample maps outside the
-moving image) or the result has lost the overlap (DESIGN.md: a B-spline stage driven by Mattes MI
+moving image) or the result has lost the overlap (docs/DESIGN.md, "Baselines": a B-spline stage driven by Mattes MI
 did so on a CHAOS slice pair). A failed B-spline falls back to the affine result, a failed affine
 to the identity (which is `support_copy`), and `fallback_counts` counts each, so a report can say
 how often the baseline was in fact something weaker. Cost: about 0.25 s per slice pair on one

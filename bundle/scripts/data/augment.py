@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Affine, Randomizable
@@ -57,6 +59,18 @@ class LatentMaskAffine(Randomizable):
         # draws happen whether or not the affine applies, so the stream does not depend on `prob`
         self.params = {"angle": angle, "scale": scale, "shift": (float(shift[0]), float(shift[1]))} if apply else None
         self._drawn = True
+
+    def state_dict(self) -> dict:
+        """The random stream's position, so a resumed training draws what the uninterrupted one
+        would (ignite's checkpoints save objects with ``state_dict``); plain tensors and numbers,
+        which ``torch.load(weights_only=True)`` reads."""
+        kind, keys, pos, has_gauss, cached = self.R.get_state()
+        return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached)}
+
+    def load_state_dict(self, state: dict) -> None:
+        keys = np.asarray(torch.as_tensor(state["keys"]).numpy(), dtype=np.uint32)
+        self.R.set_state(("MT19937", keys, int(state["pos"]), int(state["has_gauss"]), float(state["cached_gaussian"])))
 
     def _warp(self, x: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
         p = self.params

@@ -12,6 +12,11 @@ operations, kept in `Volume.meta`, so `to_original_grid` can undo them with MONA
 machinery and a prediction overlays the input file voxel for voxel. Label-like arrays are resized
 with "nearest-exact", which makes an upsample-then-invert round trip exact.
 
+Support and query are brought to one orientation before slicing (`matching_orientation`: the
+support's, from the affines, through `Orientationd`), so a query stored in another voxel order is
+sliced like the support and mapped back onto its own grid after. `read_header` reads a file's grid
+and voxel type without reading a voxel: the check a file of unknown origin gets before loading.
+
 Bad inputs raise `DataError`, whose message starts with the offending file.
 """
 
@@ -41,10 +46,14 @@ from monai.utils import TraceKeys
 
 from .presets import DatasetPreset, get_preset
 
-__all__ = ["DataError", "Volume", "load_volume", "volume_from_arrays", "load_dataset", "list_pids",
-           "to_original_grid", "dataset_folder", "present_values"]
+__all__ = ["DataError", "Volume", "Header", "read_header", "orientation_codes", "matching_orientation",
+           "load_volume", "volume_from_arrays", "load_dataset", "list_pids", "to_original_grid", "dataset_folder",
+           "present_values"]
 
 AFFINE_TOLERANCE = 1e-3
+MAX_SLICE_ANGLE = 45.0          # degrees between support and query slices that one orientation can still match
+THICK_SLICES = 1.5              # a voxel axis this many times coarser than the others is the scan's slice axis
+MAX_NIFTI_EXTENSIONS = 16 << 20  # bytes of NIfTI header extensions (read whole by the readers) accepted
 _KEYS = ("image", "label", "supervoxels")
 _LABEL_KEYS = ("label", "supervoxels")
 _LABEL_MODE = "nearest-exact"  # exact inverse of an integer-factor-free upsampling, unlike "nearest"
@@ -75,6 +84,121 @@ class Volume:
             raise DataError(f"volume {self.pid}: no label loaded")
         counts = (self.label == value).sum(axis=(1, 2))
         return np.flatnonzero(counts >= max(1, min_pixels))
+
+
+@dataclass(frozen=True)
+class Header:
+    """A volume file's grid as its header states it: shape (X, Y, Z), RAS affine, voxel type."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    dtype: np.dtype | None  # None where the format's reader does not say it without the data
+    single_file: bool = True  # False: a NIfTI header whose voxels are in another file (.hdr/.img)
+
+    @property
+    def voxels(self) -> int:
+        return int(np.prod(self.shape, dtype=object))
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def read_header(path: str | Path, max_voxels: int | None = None) -> Header:
+    """The grid of a 3D single-channel volume file from its header alone: nothing is decompressed
+    beyond the header, so a small file that expands huge is refused before it costs memory.
+
+    NIfTI through nibabel (only the fixed header: extensions, which readers load whole, are bounded
+    through ``vox_offset``); other formats through SimpleITK's header reader. Raises ``DataError``
+    for a missing or unreadable file, another dimensionality, a non-numeric voxel type, or more
+    than ``max_voxels`` voxels."""
+    import io
+
+    import nibabel as nib
+    from nibabel.openers import ImageOpener
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    dtype = None
+    try:
+        if _is_nifti(path):
+            with ImageOpener(str(path)) as stream:
+                raw = stream.read(540)
+            size = int.from_bytes(raw[:4], "little")
+            klass = nib.Nifti2Header if 540 in (size, int.from_bytes(raw[:4], "big")) else nib.Nifti1Header
+            header = klass.from_fileobj(io.BytesIO(raw[:klass.sizeof_hdr]))
+            shape, dtype = tuple(int(n) for n in header.get_data_shape()), np.dtype(header.get_data_dtype())
+            affine, single = np.asarray(header.get_best_affine(), float), header["magic"].item() in (b"n+1", b"n+2")
+            if float(header["vox_offset"]) > MAX_NIFTI_EXTENSIONS:
+                raise DataError(f"{path}: header extensions of {int(header['vox_offset'])} bytes (at most "
+                                f"{MAX_NIFTI_EXTENSIONS} read)")
+        else:
+            import SimpleITK as sitk
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            if reader.GetNumberOfComponents() != 1:
+                raise DataError(f"{path}: expected a single-channel image, got {reader.GetNumberOfComponents()} "
+                                "components per voxel")
+            shape, single = tuple(int(n) for n in reader.GetSize()), True
+            matrix = np.asarray(reader.GetDirection(), float).reshape(3, 3) * np.asarray(reader.GetSpacing(), float)
+            affine = np.eye(4)
+            affine[:3, :3], affine[:3, 3] = matrix, reader.GetOrigin()
+            affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # ITK's LPS -> the RAS of nibabel and MONAI
+    except DataError:
+        raise
+    except Exception as error:  # nibabel, ITK and gzip raise many types; all mean "unreadable"
+        raise DataError(f"{path}: cannot read the header ({type(error).__name__}: {error})") from None
+    if len(shape) < 3 or any(n != 1 for n in shape[3:]) or min(shape[:3], default=0) < 1:
+        raise DataError(f"{path}: expected a 3D single-channel image, got array shape {shape}")
+    if dtype is not None and dtype.kind not in "biuf":
+        raise DataError(f"{path}: voxel type {dtype} is not a number per voxel")
+    found = Header(shape[:3], affine, dtype, single)
+    if max_voxels is not None and found.voxels > max_voxels:
+        raise DataError(f"{path}: {'x'.join(map(str, found.shape))} is {found.voxels} voxels, more than the "
+                        f"{max_voxels} allowed")
+    return found
+
+
+def orientation_codes(affine, name: str) -> str:
+    """The axis codes (e.g. "LPS") of an affine; ``DataError`` for one without a direction per axis."""
+    import nibabel as nib
+
+    matrix = np.asarray(affine, dtype=float)[:3, :3]
+    if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) < 1e-12:
+        raise DataError(f"{name}: its affine is degenerate ({np.round(matrix, 4).tolist()}): the file does not "
+                        "say how its voxels lie in space")
+    return "".join(nib.aff2axcodes(np.asarray(affine, dtype=float)))
+
+
+def matching_orientation(support_affine, query_affine, slice_axis: int, support_name: str, query_name: str) -> str:
+    """The orientation to read a query in so that its slices meet the support's: the support's axis
+    codes. Refuses (``DataError``) a query whose own slices (its thickest voxel axis, where it is
+    ``THICK_SLICES`` times thicker than the others) stack along another axis than the support's, a
+    query whose axes are all more than ``MAX_SLICE_ANGLE`` degrees from the support's slice
+    direction, and affines without a direction per axis."""
+    import nibabel as nib
+
+    codes = orientation_codes(support_affine, support_name)
+    orientation_codes(query_affine, query_name)
+    support_affine, query_affine = np.asarray(support_affine, float), np.asarray(query_affine, float)
+    world = nib.orientations.io_orientation(support_affine)[slice_axis, 0]  # the world axis the slices stack along
+    axis = int(np.flatnonzero(nib.orientations.io_orientation(query_affine)[:, 0] == world)[0])
+    spacing = np.linalg.norm(query_affine[:3, :3], axis=0)
+    thick = int(np.argmax(spacing))
+    if thick != axis and spacing[thick] >= THICK_SLICES * np.delete(spacing, thick).max():
+        raise DataError(f"{query_name}: its slices ({spacing[thick]:.3g} mm apart, voxel axis {thick}) are cut along "
+                        f"another plane than the support's (which stack along {codes[slice_axis]}): a scan cut along "
+                        "another plane cannot be segmented from this support; label a slice of the query itself")
+    normals = [a[:3, i] / np.linalg.norm(a[:3, i]) for a, i in ((support_affine, slice_axis), (query_affine, axis))]
+    angle = float(np.degrees(np.arccos(np.clip(abs(np.dot(*normals)), 0.0, 1.0))))
+    if angle > MAX_SLICE_ANGLE:
+        raise DataError(f"{query_name}: its slices are {angle:.0f} degrees away from the support's once both are in "
+                        f"the support's orientation ({codes}); at most {MAX_SLICE_ANGLE:.0f} can be matched: resample "
+                        "the query onto the support's orientation, or label a slice of the query itself")
+    return codes
 
 
 def _slice_permutation(slice_axis: int) -> tuple[int, int, int]:
@@ -174,6 +298,8 @@ def _to_volume(pid: str, tensors: dict[str, MetaTensor], names: dict[str, str], 
         _check_integer(names["supervoxels"], tensors["supervoxels"].numpy())
         tensors["supervoxels"] = MetaTensor(tensors["supervoxels"].as_tensor(), affine=image.affine.clone())
 
+    if axcodes:  # Orientationd needs a direction per axis: say so rather than fail inside it
+        orientation_codes(image.affine, img_name)
     data = _scaler()(dict(tensors))
     data = _geometry(slice_axis, size, axcodes)(data)
     out = data["image"]

@@ -43,7 +43,7 @@ from monailabel.datastore.utils.dicom import dicom_web_download_series
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from lib.datastores.dicom_seg import SegError, is_ours, read_seg, referenced_series, segment_names, write_seg
-from lib.responses import refusal, write_label_like
+from lib.responses import DEFAULT_MAX_VOXELS, check_label_on_image, refusal, write_label_like
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +140,12 @@ class PacsDatastore(DICOMWebDatastore):
 
     def has_series(self, series_uid: str) -> bool:
         return self._series(series_uid) is not None
+
+    def require_series(self, series_uid: str) -> bool:
+        """True for a series of the PACS; otherwise a 404 that says why (not a UID, or not there)."""
+        if not self.has_series(checked_uid(series_uid, "image")):
+            raise _error(404, f"series {series_uid} is not in the PACS at {self.url}")
+        return True
 
     def image_id_of(self, path: str) -> str | None:
         """The series UID of a cached image path (None for a file that is not a cached series)."""
@@ -326,7 +332,9 @@ class PacsDatastore(DICOMWebDatastore):
         if "".join(Path(label_filename).suffixes) == ".bin":  # OHIF's raw labelmap
             converted = label_filename = binary_to_image(self.get_image_uri(image_id), label_filename)
         try:
-            if label_tag == FINAL:
+            if label_tag == FINAL:  # checked as on a local folder (lib/datastores/local.py) before the PACS sees it
+                check_label_on_image(label_filename, self.get_image_uri(image_id), "the label", DEFAULT_MAX_VOXELS,
+                                     upload=True, nonempty=True)
                 label = sitk.GetArrayFromImage(sitk.ReadImage(label_filename)).transpose(2, 1, 0).astype(np.int64)
                 named = parse_label_info((label_info or {}).get("label_info")) or self.label_names
                 values = [int(v) for v in np.unique(label) if v != 0]
