@@ -136,7 +136,7 @@ def test_impossible_configurations_raise(phantoms):
 
 
 def test_chaost2_setting_2_slice_counts_match_the_classmap():
-    """DESIGN.md: 0-12 kidney slices per patient free of liver and spleen, mean 4.8 (`classmap_1.json`).
+    """docs/DESIGN.md, "Protocol": 0-12 kidney slices per patient free of liver and spleen, mean 4.8 (`classmap_1.json`).
 
     Three patients keep the test short: 1 (0 slices left), 2 (5) and 13 (12, the most).
     """
@@ -150,3 +150,30 @@ def test_chaost2_setting_2_slice_counts_match_the_classmap():
     assert {pid: c["train"] for pid, c in counts.items()} == expected == {"1": 0, "2": 5, "13": 12}
     legacy = usable_slice_counts(volumes, [RK, LK], [LIVER, SPLEEN], setting=2, rule="all")
     assert all(legacy[p]["train"] > counts[p]["train"] for p in pids)
+
+
+@pytest.mark.parametrize("source", ["gt", "supervoxel"])
+def test_empty_query_episodes_lie_just_past_the_class_end(phantoms, source):
+    plain = EpisodeDataset(phantoms, [LIVER, SPLEEN], label_source=source, n_episodes=40, seed=3)
+    mixed = EpisodeDataset(phantoms, [LIVER, SPLEEN], label_source=source, n_episodes=40, seed=3,
+                           empty_query_prob=0.5)
+    by_pid = {v.pid: v for v in phantoms}
+    empty = 0
+    for i in range(len(mixed)):
+        item = mixed[i]
+        query = by_pid[item["query_pid"]]
+        regions = query.supervoxels if source == "supervoxel" else query.label
+        present = np.flatnonzero((regions == item["class_value"]).any(axis=(1, 2)))
+        assert item["support_mask"].flatten(1).amax(dim=1).min() > 0  # supports always show the class
+        if item["query_mask"].sum() == 0:
+            empty += 1
+            z = int(item["query_z"])
+            gap = min(abs(z - present[0]), abs(z - present[-1]))
+            assert z not in present and 1 <= gap <= 3, (z, present)
+    # about half of 40 for organs; most phantom supervoxels span the whole volume, so fewer ends exist
+    assert (10 if source == "gt" else 1) <= empty <= 30
+    # at probability 0 nothing changes: the episodes of earlier versions, draw for draw
+    zero = EpisodeDataset(phantoms, [LIVER, SPLEEN], label_source=source, n_episodes=40, seed=3, empty_query_prob=0.0)
+    for i in range(len(plain)):
+        assert int(zero[i]["query_z"]) == int(plain[i]["query_z"])
+        assert zero[i]["query_mask"].sum() > 0

@@ -158,7 +158,8 @@ def test_info_describes_the_task(server):
     for model in models.values():
         assert model["dimension"] == 3
         assert model["labels"] == LABELS
-        assert {"threshold", "max_shots", "support_image"} <= set(model["config"])
+        assert {"threshold", "max_shots", "support_image", "volume_mode"} <= set(model["config"])
+        assert model["config"]["volume_mode"] == ["propagate", "nearest"]  # a drop-down: the default first
         assert "sd15" in model["description"] and "minute" in model["description"]
     assert "fewshot" in info["trainers"]
     assert info["labels"] == list(LABELS)
@@ -176,6 +177,21 @@ def test_ohif_flow_uses_the_saved_label(server, liver_1):
     support = np.asarray(nib.load(label_path).dataobj)
     for z in drawn:  # in-volume: the drawn slices come back as drawn
         np.testing.assert_array_equal(out[:, :, z], support[:, :, z])
+    assert params["volume_mode"] == "propagate"
+
+
+def test_the_in_volume_mode_is_a_request_option(server, liver_1):
+    _, drawn = liver_1
+    params, nearest = _result(server.infer("fewshot", "image_1", {"volume_mode": "nearest", "threshold": -2.0}),
+                              server.tmp)
+    assert params["volume_mode"] == "nearest"
+    out = np.asarray(nearest.dataobj)
+    # every slice is served from the drawn ones, whatever lies between: a threshold under every score fills them all
+    assert all(out[:, :, z].any() for z in range(out.shape[2]))
+    params, _ = _result(server.infer("fewshot", "image_2", {"support_image": "image_1"}), server.tmp)
+    assert params["volume_mode"] is None  # another image: only the nearest-slice matching applies
+    response = server.infer("fewshot", "image_1", {"volume_mode": "sideways"})
+    assert response.status_code == 400 and "volume_mode" in response.json()["detail"]
 
 
 def test_predicted_slices_are_not_shots_unless_marked(server, liver_1):
@@ -252,7 +268,8 @@ def test_ten_concurrent_calls_all_succeed(server, liver_1):
 
 
 @pytest.mark.parametrize("case", ["no_label_anywhere", "only_scribbles", "shape_mismatch", "unknown_support",
-                                  "support_without_label", "unknown_image", "bad_threshold", "unknown_organ"])
+                                  "support_without_label", "unknown_image", "bad_threshold", "bad_volume_mode",
+                                  "unknown_organ"])
 def test_user_errors_answer_4xx_with_a_message(server, case, liver_1):
     if case == "no_label_anywhere":
         response, status, words = server.infer("fewshot", "image_4"), 422, "no labelled slice"
@@ -272,6 +289,8 @@ def test_user_errors_answer_4xx_with_a_message(server, case, liver_1):
         response, status, words = server.infer("fewshot", "image_3", {"support_image": "image_4"}), 404, "no saved final label"
     elif case == "unknown_image":
         response, status, words = server.infer("fewshot", "no_such_image"), 404, "image not found"
+    elif case == "bad_volume_mode":
+        response, status, words = server.infer("fewshot", "image_1", {"volume_mode": 3}), 400, "volume_mode"
     elif case == "bad_threshold":
         response, status, words = server.infer("fewshot", "image_1", {"threshold": "high"}), 400, "threshold"
     else:

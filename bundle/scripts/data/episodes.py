@@ -115,6 +115,11 @@ class EpisodeDataset(Dataset):
         supervoxel_offset: (lo, hi) slice distance between the query and each support slice.
         support_spread: for K > 1, the K supports sit at relative positions spread over this width around r.
         with_images: add `support_image` (K,256,256) and `query_image` (1,256,256) from the volumes.
+        empty_query_prob: the share of episodes whose query is a slice 1-3 slices past the end of the
+            class (or supervoxel) along z, its target empty, with the supports taken nearest that end:
+            it teaches the model to answer "not here", which in-volume propagation needs to find an
+            organ's ends and no-oracle use needs on slices without the organ. 0 draws exactly the
+            episodes of earlier versions.
     """
 
     def __init__(self, volumes: Sequence[Volume], train_values: Sequence[int], test_values: Sequence[int] = (),
@@ -122,7 +127,7 @@ class EpisodeDataset(Dataset):
                  supervoxel_prob: float = 0.5, shots: int = 1, n_episodes: int = 1000, seed: int = 0,
                  min_pixels: int = 20, min_supervoxel_pixels: int = 100,
                  supervoxel_offset: tuple[int, int] = (2, 4), support_spread: float = 1.0 / 3.0,
-                 with_images: bool = False):
+                 with_images: bool = False, empty_query_prob: float = 0.0):
         if label_source not in SOURCES:
             raise ValueError(f"label_source must be one of {SOURCES}, got {label_source!r}")
         if exclusion_rule not in RULES:
@@ -136,6 +141,9 @@ class EpisodeDataset(Dataset):
             raise ValueError(f"supervoxel_offset must be (lo, hi) with 1 <= lo <= hi, got {supervoxel_offset}")
         if not 0.0 <= supervoxel_prob <= 1.0:
             raise ValueError(f"supervoxel_prob must be in [0, 1], got {supervoxel_prob}")
+        if not 0.0 <= empty_query_prob <= 1.0:
+            raise ValueError(f"empty_query_prob must be in [0, 1], got {empty_query_prob}")
+        self.empty_query_prob = float(empty_query_prob)
         self.train_values = [int(v) for v in train_values]
         self.test_values = [int(v) for v in test_values]
         overlap = set(self.train_values) & set(self.test_values)
@@ -285,13 +293,45 @@ class EpisodeDataset(Dataset):
         query_mask = volume.supervoxels[query_z] == sv_id
         return "supervoxel", sv_id, vi, support_z, vi, query_z, support_mask, query_mask
 
+    def _past_the_end(self, episode: tuple, rng: np.random.Generator) -> tuple | None:
+        """The episode with its query moved 1-3 slices past one end of its class along z (an empty
+        target) and its supports the class's slices nearest that end; None where the volume has no
+        such slice (the organ reaches the volume's edge)."""
+        source, value, a, _, b, _, _, _ = episode
+        query_vol, support_vol = self.volumes[b], self.volumes[a]
+        regions = (lambda v: v.supervoxels) if source == "supervoxel" else _require_label
+        least = self.min_supervoxel_pixels if source == "supervoxel" else self.min_pixels
+        counts_q = (regions(query_vol) == value).sum(axis=(1, 2))
+        present = np.flatnonzero(counts_q > 0)
+        top = bool(rng.random() < 0.5)
+        end = present[-1] if top else present[0]
+        beyond = [int(end + (d if top else -d)) for d in (1, 2, 3)]
+        beyond = [z for z in beyond if 0 <= z < query_vol.depth and counts_q[z] == 0 and self.usable[b][z]]
+        if not beyond:
+            return None
+        query_z = beyond[int(rng.integers(len(beyond)))]
+        counts_s = (regions(support_vol) == value).sum(axis=(1, 2))
+        cand = np.flatnonzero((counts_s >= max(1, least)) & self.usable[a])
+        if a == b:  # the same volume (supervoxel episodes): the slices nearest the query
+            order = np.argsort(np.abs(cand - query_z), kind="stable")
+        else:       # another volume: the slices nearest the same end of the class there
+            order = np.argsort(-cand if top else cand, kind="stable")
+        if len(cand) < self.shots:
+            return None
+        support_z = np.sort(cand[order[:self.shots]]).astype(np.int64)
+        support_mask = regions(support_vol)[support_z] == value
+        query_mask = np.zeros(query_vol.image.shape[1:], dtype=bool)
+        return source, value, a, support_z, b, query_z, support_mask, query_mask
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.n_episodes:
             raise IndexError(f"episode {index} out of range [0, {self.n_episodes})")
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         use_sv = self.supervoxel_prob > 0 and rng.random() < self.supervoxel_prob
-        source, value, a, support_z, b, query_z, s_mask, q_mask = (
-            self._supervoxel_episode(rng) if use_sv else self._gt_episode(rng))
+        episode = self._supervoxel_episode(rng) if use_sv else self._gt_episode(rng)
+        if self.empty_query_prob > 0 and rng.random() < self.empty_query_prob:  # no draw at 0: old streams
+            episode = self._past_the_end(episode, rng) or episode
+        source, value, a, support_z, b, query_z, s_mask, q_mask = episode
         va, vb = self.volumes[a], self.volumes[b]
         item = {
             "support_pid": [va.pid] * len(support_z),

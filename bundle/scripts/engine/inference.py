@@ -1,5 +1,8 @@
 """The inference workflow on the user's own files: support image + label, query volumes in,
-NIfTI segmentations out with each query's exact geometry (MONAI's SaveImage)."""
+NIfTI segmentations out with each query's exact geometry (MONAI's SaveImage).
+
+``check_inputs`` runs first: bad input is reported in one line, from the files' headers, before the
+model loads (which takes tens of seconds on a CPU) and before anything is written."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scripts.engine.inferer import segment_files
+from scripts.engine.inferer import VOLUME_MODES, segment_files
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,37 @@ def save_label(label: np.ndarray, query, output_dir, postfix: str = "seg") -> Pa
     return Path(output_dir) / f"{name}_{postfix}.nii.gz"
 
 
+def check_inputs(checkpoint, support_image, support_label, query_images, slice_axis: int = 2,
+                 volume_mode: str = "propagate") -> None:
+    """The workflow's first step: the checkpoint file exists; the support image, its label and every
+    query read as 3D volumes (headers only); the label lies on its image's grid; every query's slices
+    can be matched to the support's. Otherwise it exits (status 1) with one line saying what is wrong:
+    a traceback through the config's expressions would only bury it."""
+    from scripts.data.volumes import AFFINE_TOLERANCE, DataError, matching_orientation, read_header
+
+    try:
+        if not checkpoint or not Path(checkpoint).is_file():
+            raise ValueError(f"checkpoint not found: {checkpoint}")
+        if support_image is None or support_label is None:
+            raise ValueError("needs support_image and support_label (a labelled volume)")
+        if slice_axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis!r}")
+        if volume_mode not in VOLUME_MODES:
+            raise ValueError(f"volume_mode must be one of {VOLUME_MODES}, got {volume_mode!r}")
+        queries = query_dataset(query_images)
+        image, label = read_header(support_image), read_header(support_label)
+        if label.shape != image.shape:
+            raise DataError(f"{support_label}: shape {label.shape} does not match the support image's {image.shape}")
+        if np.abs(label.affine - image.affine).max() > AFFINE_TOLERANCE:
+            raise DataError(f"{support_label}: its affine differs from the support image's: a label must lie on "
+                            "its image's grid")
+        for query in queries:
+            matching_orientation(image.affine, read_header(query["image"]).affine, slice_axis, str(support_image),
+                                 query["image"])
+    except ValueError as error:  # DataError is one
+        raise SystemExit(f"inference: {error}") from None
+
+
 def query_dataset(query_images) -> list[dict]:
     """The inference workflow's dataset: one item per query volume."""
     queries = [query_images] if isinstance(query_images, (str, Path)) else list(query_images or [])
@@ -45,16 +79,17 @@ class QueryIteration:
     its segmentation, written as NIfTI on the query's grid."""
 
     def __init__(self, method, support_image, support_label, output_dir, labels=None, max_shots: int = 3,
-                 support_slices=None, slice_axis: int = 2):
+                 support_slices=None, slice_axis: int = 2, volume_mode: str = "propagate"):
         if support_image is None or support_label is None:
             raise ValueError("inference needs support_image and support_label (a labelled volume)")
         self.method, self.support_image, self.support_label = method, support_image, support_label
         self.output_dir, self.labels, self.max_shots = output_dir, labels, max_shots
-        self.support_slices, self.slice_axis = support_slices, slice_axis
+        self.support_slices, self.slice_axis, self.volume_mode = support_slices, slice_axis, volume_mode
 
     def __call__(self, engine, item: dict) -> dict:
         label, query, result = segment_files(self.method, self.support_image, self.support_label, item["image"],
-                                             self.labels, self.max_shots, self.support_slices, self.slice_axis)
+                                             self.labels, self.max_shots, self.support_slices, self.slice_axis,
+                                             self.volume_mode)
         path = save_label(label, query, self.output_dir)
         logger.info("%s -> %s (labels %s, shots %s)", item["image"], path, result.labels, result.shots_per_label)
         return {"image": item["image"], "pred_path": str(path), "labels": result.labels}

@@ -4,19 +4,29 @@
 ``segment_volume`` (slice space) or ``segment_files`` (files in, original grid out); none has its own
 copy of pre- or post-processing. Several organs: one 1-way pass per label value, merged by
 per-pixel argmax of the scores among labels above threshold, original label values kept.
+
+A label of the query volume itself (the in-volume case) is propagated by default: the volume is
+walked out from the drawn slices, each slice served by its segmented neighbour and the drawn slices
+around it, until the organ ends (``propagation.py``). ``mode="nearest"`` serves every slice from
+the nearest drawn slices alone (the mode before propagation existed); across volumes it is the only one.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from scripts.data.volumes import present_values
+from scripts.engine.propagation import propagate_organ
 
 logger = logging.getLogger(__name__)
+
+
+VOLUME_MODES = ("propagate", "nearest")
 
 
 class SupportError(ValueError):
@@ -54,9 +64,12 @@ def nearest_support_episodes(support_z: np.ndarray, support_depth: int, query_de
 
 def segment_volume(method, support_image: np.ndarray, support_label: np.ndarray, query_image: np.ndarray,
                    labels: dict[str, int] | None = None, max_shots: int = 3, same_volume: bool = False,
-                   support_slices=None) -> Segmentation:
+                   support_slices=None, mode: str = "propagate") -> Segmentation:
     """Segment every slice of ``query_image`` (D, H, W) in slice space for every organ of ``labels``
-    (default: every value present in the support label, named by its value)."""
+    (default: every value present in the support label, named by its value). ``mode`` applies to a
+    label of the query itself (``same_volume``): ``propagate`` or ``nearest``."""
+    if mode not in VOLUME_MODES:
+        raise SupportError(f"mode must be one of {VOLUME_MODES}, got {mode!r}")
     support_image = np.asarray(support_image, dtype=np.float32)
     support_label = np.asarray(support_label)
     query_image = np.asarray(query_image, dtype=np.float32)
@@ -79,7 +92,10 @@ def segment_volume(method, support_image: np.ndarray, support_label: np.ndarray,
     if absent:
         raise SupportError(f"labels {absent} are not in the support label (present values: {present})")
 
-    names, scores, masks = list(labels), [], []
+    names = list(labels)
+    if same_volume and mode == "propagate":
+        return _propagated(method, support_label, query_image, labels, max_shots)
+    scores, masks = [], []
     plans = {}
     for name in names:
         support_z = labelled_slices(support_label, labels[name])
@@ -103,12 +119,34 @@ def segment_volume(method, support_image: np.ndarray, support_label: np.ndarray,
         result.shots_per_label[name] = int(episodes.shape[1])
         result.support_slices[name] = [int(z) for z in support_z]
     merged = merge_organs(np.stack(scores), np.stack(masks), [labels[n] for n in names])
-    if same_volume:  # the user's own labelled slices of these organs stay exactly as drawn
-        chosen = np.isin(support_label, list(labels.values()))
-        drawn = chosen.reshape(chosen.shape[0], -1).any(axis=1)
-        merged[drawn] = np.where(chosen[drawn], support_label[drawn], 0)
-    result.label = merged
+    result.label = keep_drawn(merged, support_label, labels) if same_volume else merged
     return result
+
+
+def _propagated(method, label: np.ndarray, image: np.ndarray, labels: dict[str, int], max_shots: int) -> Segmentation:
+    """Every organ propagated through the volume from its drawn slices, merged as in the nearest
+    mode; the drawn slices stay exactly as drawn."""
+    latents = method.encode_images_cached(image) if hasattr(method, "encode_images_cached") else None
+    result = Segmentation(label=np.zeros(image.shape, np.int32), labels=dict(labels))
+    scores, masks = [], []
+    for name, value in labels.items():
+        drawn_z = labelled_slices(label, value)
+        organ_scores, organ_masks = propagate_organ(
+            method, image, {int(z): label[z] == value for z in drawn_z}, max_shots, latents)
+        scores.append(organ_scores)
+        masks.append(organ_masks)
+        result.shots_per_label[name] = int(min(max_shots, len(drawn_z) + 1))
+        result.support_slices[name] = [int(z) for z in drawn_z]
+    result.label = keep_drawn(merge_organs(np.stack(scores), np.stack(masks), list(labels.values())), label, labels)
+    return result
+
+
+def keep_drawn(merged: np.ndarray, label: np.ndarray, labels: dict[str, int]) -> np.ndarray:
+    """The user's own labelled slices of these organs, exactly as drawn, in the merged volume."""
+    chosen = np.isin(label, list(labels.values()))
+    drawn = chosen.reshape(chosen.shape[0], -1).any(axis=1)
+    merged[drawn] = np.where(chosen[drawn], label[drawn], 0)
+    return merged
 
 
 def _shared_latents(method, support_image, query_image, same_volume, episode_sets):
@@ -136,18 +174,34 @@ def merge_organs(scores: np.ndarray, masks: np.ndarray, values: list[int]) -> np
     return out
 
 
+def _same_file(a, b) -> bool:
+    """Whether two paths name one file (``data/./q.nii.gz`` and ``data/q.nii.gz`` do)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # a missing file: the loader names it
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
 def segment_files(method, support_image_path, support_label_path, query_image_path, labels=None,
-                  max_shots: int = 3, support_slices=None, slice_axis: int = 2):
+                  max_shots: int = 3, support_slices=None, slice_axis: int = 2, mode: str = "propagate"):
     """Files in (anything MONAI's LoadImage reads), label volume out on the query's original grid.
 
     Returns (label array in the query file's original shape, the query ``Volume`` (its ``meta`` has
-    the affine), ``Segmentation`` in slice space). The support may be the query itself (same path):
-    the in-volume case, where the user's drawn slices are kept as drawn."""
-    from scripts.data.volumes import load_volume, to_original_grid
+    the affine), ``Segmentation`` in slice space). The support may be the query itself (the same
+    file, however the path is spelled): the in-volume case, where the user's drawn slices are kept
+    as drawn. Another query is read in the support's orientation (from both affines; ``slice_axis``
+    is the support file's), so its slices meet the support's as in space, and mapped back after; a
+    query whose slices lie too far from the support's is refused (``DataError``)."""
+    from scripts.data.volumes import load_volume, matching_orientation, read_header, to_original_grid
 
-    same_volume = str(support_image_path) == str(query_image_path)
+    same_volume = _same_file(support_image_path, query_image_path)
     support = load_volume(support_image_path, support_label_path, slice_axis=slice_axis)
-    query = support if same_volume else load_volume(query_image_path, slice_axis=slice_axis)
+    if same_volume:
+        query = support
+    else:
+        codes = matching_orientation(support.meta["original_affine"], read_header(query_image_path).affine,
+                                     slice_axis, str(support_image_path), str(query_image_path))
+        query = load_volume(query_image_path, slice_axis=slice_axis, axcodes=codes)
     result = segment_volume(method, support.image, support.label, query.image, labels, max_shots,
-                            same_volume, support_slices)
+                            same_volume, support_slices, mode)
     return to_original_grid(result.label, query), query, result

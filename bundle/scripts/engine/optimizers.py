@@ -30,3 +30,14 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes held by the optimizer's per-parameter states (tensors only)."""
     return sum(value.numel() * value.element_size() for state in optimizer.state.values()
                for value in state.values() if torch.is_tensor(value) and value.ndim > 0)
+
+
+LR_SCHEDULES = {"linear": 0.0, "constant": 1.0}
+
+
+def final_lr_factor(schedule: str) -> float:
+    """The LinearLR end factor of a schedule: `linear` decays to 0 at the last step; `constant` keeps
+    the rate, so a run resumed into more steps is exactly the longer run (the learning curves)."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {sorted(LR_SCHEDULES)}, got {schedule!r}")
+    return LR_SCHEDULES[schedule]

@@ -6,7 +6,7 @@
   8x8 and the mid block, head size 32) that trains on 2 CPU cores; any autoencoder, offline.
 - ``tiny``: the smallest sensible U-Net, for tests.
 
-The autoencoder, mask latent and visual encoder are separate keys (DESIGN.md): ``autoencoder``
+The autoencoder, mask latent and visual encoder are separate keys (docs/DESIGN.md, "The network's parts"): ``autoencoder``
 (``unshuffle``/``taef2``/``taesd``/``sd-vae``), ``mask_codec`` (``unshuffle`` or ``autoencoder``),
 ``visual_encoder`` (``latent``/``small``/``dinov2``).
 """
@@ -34,6 +34,15 @@ UNET_SHAPES = {
         cross_attention_dim=128,
         norm_num_groups=8,
     ),
+    "wide": dict(  # compact at twice the width (about 2.8x its time per step on the CPU)
+        block_out_channels=(64, 128, 256),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=(2, 4, 8),
+        cross_attention_dim=256,
+        norm_num_groups=16,
+    ),
     "tiny": dict(
         block_out_channels=(16, 32),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -48,6 +57,7 @@ UNET_SHAPES = {
 PRESETS = {
     "sd15": dict(autoencoder="sd-vae", mask_codec="autoencoder", visual_encoder="dinov2"),
     "compact": dict(autoencoder="unshuffle", mask_codec="unshuffle", visual_encoder="latent"),
+    "wide": dict(autoencoder="unshuffle", mask_codec="unshuffle", visual_encoder="latent"),
     "tiny": dict(autoencoder="unshuffle", mask_codec="unshuffle", visual_encoder="latent"),
 }
 
@@ -75,14 +85,29 @@ def model_config(preset: str = "compact", **overrides) -> dict:
 
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[2]
+# autoencoder weights the bundle ships (committed; the zoo's zip fetches them through large_files.yml)
+SHIPPED_WEIGHTS = {"taef2": "models/taef2"}
+# where checkpoints exported before bundle 0.5 name them: large_files.yml's former folder
+FORMER_WEIGHTS = {"weights/taef2": "models/taef2"}
 
 
-def resolve_weights_path(path: str | None) -> str | None:
-    """A relative weights folder is read from the working directory, else from the bundle root
-    (where ``large_files.yml`` puts ``weights/...``), so a shipped checkpoint names it portably."""
+def default_weights_path(autoencoder: str | None) -> str | None:
+    """The shipped weights folder (relative to the bundle root) of an autoencoder, or None."""
+    return SHIPPED_WEIGHTS.get(autoencoder)
+
+
+def resolve_weights_path(path: str | None, autoencoder: str | None = None) -> str | None:
+    """Where an autoencoder's weights are read from. No path: the shipped folder of that
+    autoencoder (TAEF2: ``models/taef2``), if it ships. A relative folder is read from the working
+    directory, else from the bundle root, so a checkpoint names it portably; a stored
+    ``weights/taef2`` that is in neither place reads the shipped ``models/taef2``."""
+    path = path or default_weights_path(autoencoder)
     if not path or Path(path).is_absolute() or Path(path).exists():
         return path
-    return str(BUNDLE_ROOT / path) if (BUNDLE_ROOT / path).exists() else path
+    for candidate in (path, FORMER_WEIGHTS.get(Path(path).as_posix())):
+        if candidate and (BUNDLE_ROOT / candidate).exists():
+            return str(BUNDLE_ROOT / candidate)
+    return path
 
 
 def build_unet(config: dict, latent_channels: int, mask_channels: int, unet_config: dict | None = None):
@@ -123,7 +148,8 @@ def build_segmenter(checkpoint: str | Path | None = None, device: str | torch.de
         keys = {**stored["config"], **{k: v for k, v in keys.items() if v is not None}}
     config = model_config(**keys)
     autoencoder = build_autoencoder(
-        config["autoencoder"], resolve_weights_path(config["autoencoder_path"]), config["local_files_only"]
+        config["autoencoder"], resolve_weights_path(config["autoencoder_path"], config["autoencoder"]),
+        config["local_files_only"]
     )
     mask_codec = autoencoder if config["mask_codec"] == "autoencoder" else PixelUnshuffleAutoencoder()
     if config["mask_codec"] not in ("autoencoder", "unshuffle"):

@@ -11,6 +11,12 @@ alike. Masks are `label == value`. Baselines and the network go through this sam
 In `ep1` and `no_oracle` the fold's support patient (first id unless `support_index` says otherwise)
 serves the fold's other volumes. In `in_volume` every volume of the fold is its own support, so all
 volumes of the fold are queries (the record's support_pid equals its query_pid).
+
+The `draw<k>` modes are the labeller's use: k slices of the organ are drawn (`matching.drawn_slices`)
+and the whole volume is segmented through the one seam (`engine.inferer.segment_volume`, in its
+``volume_mode``: ``propagate`` or ``nearest``), or by the method's own ``segment_drawn`` (contour
+interpolation). Dice and distances are taken on the whole volume, and again on the slices not drawn
+(``dice_undrawn``, ``hd95_undrawn``): drawn slices come back exactly as drawn.
 """
 
 from __future__ import annotations
@@ -22,14 +28,15 @@ from typing import Protocol
 import numpy as np
 
 from .folds import make_folds, support_pid
-from .matching import SliceEpisodes, ep1_episodes, in_volume_episodes, no_oracle_episodes
+from .matching import DRAW_MODES, SliceEpisodes, drawn_slices, ep1_episodes, in_volume_episodes, no_oracle_episodes
 from .metrics import case_metrics
 from .report import write_report
 
 __all__ = ["FewShotMethod", "MODES", "episodes_for", "predict_case", "protocol_cases", "evaluate_case", "run_protocol",
            "evaluate_and_report"]
 
-MODES = ("ep1", "in_volume", "no_oracle")
+MODES = ("ep1", "in_volume", "no_oracle", *DRAW_MODES)
+VOLUME_MODES = ("propagate", "nearest")
 
 
 class FewShotMethod(Protocol):
@@ -82,10 +89,15 @@ def _scored_only(mask: np.ndarray, scored_z: np.ndarray) -> np.ndarray:
 
 
 def protocol_cases(volumes: Sequence, labels: dict[str, int], mode: str = "ep1", shots: int = 1,
-                   n_folds: int = 5, folds: Sequence[int] | None = None, support_index: int = 0) -> list[dict]:
-    """Every (fold, organ, query volume) case of the protocol, as plain dicts (a dataset of cases)."""
+                   n_folds: int = 5, folds: Sequence[int] | None = None, support_index: int = 0,
+                   volume_mode: str = "propagate") -> list[dict]:
+    """Every (fold, organ, query volume) case of the protocol, as plain dicts (a dataset of cases).
+    ``volume_mode`` (``propagate`` | ``nearest``) goes with the `draw<k>` modes' cases."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if volume_mode not in VOLUME_MODES:
+        raise ValueError(f"unknown volume_mode {volume_mode!r}; expected one of {VOLUME_MODES}")
+    own_volume = mode == "in_volume" or mode in DRAW_MODES
     pids = [str(v.pid) for v in volumes]
     if len(set(pids)) != len(pids):
         raise ValueError("volumes have duplicate pids")
@@ -97,16 +109,48 @@ def protocol_cases(volumes: Sequence, labels: dict[str, int], mode: str = "ep1",
             raise ValueError(f"fold {f} does not exist ({len(all_folds)} folds)")
         fold = all_folds[f]
         sup_pid = support_pid(fold, support_index)
-        queries = list(fold) if mode == "in_volume" else [p for p in fold if p != sup_pid]
+        queries = list(fold) if own_volume else [p for p in fold if p != sup_pid]
         for organ, value in labels.items():
             for q_pid in queries:
                 cases.append({"mode": mode, "fold": f, "organ": organ, "label_value": int(value), "shots": shots,
-                              "support_pid": q_pid if mode == "in_volume" else sup_pid, "query_pid": q_pid})
+                              "support_pid": q_pid if own_volume else sup_pid, "query_pid": q_pid,
+                              **({"volume_mode": volume_mode} if mode in DRAW_MODES else {})})
     return cases
+
+
+def predict_drawn(method, volume, value: int, drawn_z: np.ndarray, max_shots: int = 3,
+                  volume_mode: str = "propagate") -> np.ndarray:
+    """The organ's mask (D, H, W) in ``volume`` from its ground truth on ``drawn_z`` alone: the
+    method's own ``segment_drawn`` where it has one, else the one seam in ``volume_mode``."""
+    label = np.asarray(volume.label)
+    drawn = np.zeros(label.shape, dtype=np.int32)
+    drawn[drawn_z] = np.where(label[drawn_z] == value, value, 0)
+    image = np.asarray(volume.image, dtype=np.float32)
+    if hasattr(method, "segment_drawn"):
+        return np.asarray(method.segment_drawn(image, drawn, value)).astype(bool)
+    from scripts.engine.inferer import segment_volume
+
+    result = segment_volume(method, image, drawn, image, {"organ": int(value)}, max_shots=max_shots, same_volume=True,
+                            mode=volume_mode)
+    return result.label == value
+
+
+def _evaluate_drawn(method, volume, case: dict, distances: bool) -> dict:
+    value = case["label_value"]
+    drawn_z = drawn_slices(volume.label, value, DRAW_MODES[case["mode"]])
+    pred = predict_drawn(method, volume, value, drawn_z, case["shots"], case.get("volume_mode", "propagate"))
+    gt = np.asarray(volume.label) == value
+    undrawn = np.setdiff1d(np.arange(gt.shape[0]), drawn_z)
+    rest = case_metrics(_scored_only(pred, undrawn), _scored_only(gt, undrawn), tuple(volume.spacing), distances)
+    return {**case, **case_metrics(pred, gt, tuple(volume.spacing), distances=distances),
+            "dice_undrawn": rest["dice"], "hd95_undrawn": rest["hd95"], "drawn_z": [int(z) for z in drawn_z],
+            "n_scored": int(gt.shape[0]), "n_segmented": int(gt.shape[0])}
 
 
 def evaluate_case(method: FewShotMethod, by_pid: dict, case: dict, distances: bool = True) -> dict:
     """One case: gather its episodes, predict, score the scored slices in 3D; returns its record."""
+    if case["mode"] in DRAW_MODES:
+        return _evaluate_drawn(method, by_pid[case["query_pid"]], case, distances)
     query, support = by_pid[case["query_pid"]], by_pid[case["support_pid"]]
     value = case["label_value"]
     episodes = episodes_for(case["mode"], support, query, value, case["shots"])

@@ -13,6 +13,11 @@ Three selections for one organ (label value), all returning a `SliceEpisodes`:
 - `no_oracle_episodes`: every query slice is segmented and scored; each is served by the support
   organ slice nearest by relative position z / (D - 1). Nothing of the query's ground truth is used.
 
+And the labeller's use, "label k slices, get the volume" (modes `draw1`, `draw2`, `draw3`, `draw5`):
+`drawn_slices` picks the k slices a user would draw, evenly spaced within the organ's extent (k = 1:
+its middle slice); every slice of the volume is then segmented and scored (`protocol.evaluate`).
+The ground truth chooses only which slices are drawn, as a user looking at the scan would.
+
 Chunk convention, as in ADNet's and Q-Net's test code (`np.linspace(0, C, n+1).astype(int)` over the
 C organ slices of the query, and Ouyang et al.'s percentiles `(pcts * C).astype(int)` with
 pcts = 1/6, 1/2, 5/6 over the C organ slices of the support). Computed here in integers, identical
@@ -43,7 +48,11 @@ __all__ = [
     "no_oracle_episodes",
     "EP1_ORACLE",
     "IN_VOLUME_ORACLE",
+    "DRAW_MODES",
+    "drawn_slices",
 ]
+
+DRAW_MODES = {"draw1": 1, "draw2": 2, "draw3": 3, "draw5": 5}
 
 EP1_ORACLE = ("query ground truth: only slices containing the organ are segmented and scored, and "
               "their z-extent sets the chunks (EP1 oracle localisation along z)")
@@ -166,3 +175,14 @@ def no_oracle_episodes(support_label: np.ndarray, query_depth: int, value: int,
     support_z, episode = np.unique(sets, axis=0, return_inverse=True)
     return SliceEpisodes(support_z=_ints(support_z), query_z=query,
                          query_episode=_ints(episode).reshape(-1), scored_z=query.copy(), oracle=None)
+
+
+def drawn_slices(label: np.ndarray, value: int, k: int) -> np.ndarray:
+    """The k slices a user draws: evenly spaced within the organ's extent, at positions
+    (2i + 1) / (2k) of its sorted organ slices (k = 1: the middle one; k = 3: Ouyang's 1/6, 1/2, 5/6)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    zs = organ_slices(label, value)
+    if zs.size < k:
+        raise ValueError(f"label {value} is in {zs.size} slice(s), fewer than the {k} to draw")
+    return _ints(sorted({int(zs[_support_positions(zs.size, 0, 1, k)[i]]) for i in range(k)}))

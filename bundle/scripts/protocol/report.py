@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .matching import EP1_ORACLE, IN_VOLUME_ORACLE
+from .matching import DRAW_MODES, EP1_ORACLE, IN_VOLUME_ORACLE
 from .metrics import pooled_dice
 
 __all__ = ["MODE_NOTES", "CASE_FIELDS", "aggregate", "markdown_table", "write_report"]
@@ -32,10 +32,16 @@ MODE_NOTES = {
     "no_oracle": "No oracle: every slice of each query volume is segmented and scored; its support is the "
                  "support organ slice nearest by relative position along the slice axis. No ground truth "
                  "of the query is used.",
+    **{mode: f"Label {k} slice{'s' if k > 1 else ''}, get the volume: the organ's ground truth on {k} slice"
+             f"{'s' if k > 1 else ''} evenly spaced within its extent is the support (k = 1: the middle slice); "
+             "every slice of the volume is segmented and scored (whole-volume Dice; `dice_undrawn` leaves the "
+             "drawn slices out). The ground truth chooses the drawn slices, as a user looking at the scan would."
+       for mode, k in DRAW_MODES.items()},
 }
 
 CASE_FIELDS = ["mode", "fold", "support_pid", "query_pid", "organ", "label_value", "shots", "dice",
-               "tp", "fp", "fn", "hd95", "assd", "pred_empty", "gt_empty", "n_scored", "n_segmented"]
+               "tp", "fp", "fn", "hd95", "assd", "pred_empty", "gt_empty", "n_scored", "n_segmented",
+               "volume_mode", "dice_undrawn", "hd95_undrawn", "drawn_z"]
 
 
 def _mean(values) -> float | None:
@@ -80,6 +86,9 @@ def aggregate(records: Sequence[dict], organs: Sequence[str] | None = None) -> d
             "assd_mean": _mean(r["assd"] for r in rows),
             "assd_undefined": sum(r["assd"] is None for r in rows),
         }
+        if any("dice_undrawn" in r for r in rows):  # the draw<k> modes: the slices not drawn alone
+            out["organs"][organ]["dice_undrawn_mean"] = _mean(
+                _mean(r.get("dice_undrawn") for r in rows if r["fold"] == f) for f in folds)
     per_organ = out["organs"]
     # per_fold is keyed by str(fold) so that it reads the same before and after JSON
     fold_means = {str(f): _mean(per_organ[o]["per_fold"].get(str(f)) for o in organs) for f in folds}
@@ -95,6 +104,8 @@ def aggregate(records: Sequence[dict], organs: Sequence[str] | None = None) -> d
         "assd_mean": _mean(per_organ[o]["assd_mean"] for o in organs),
         "assd_undefined": sum(per_organ[o]["assd_undefined"] for o in organs),
     }
+    if all("dice_undrawn_mean" in per_organ[o] for o in organs) and organs:
+        out["mean"]["dice_undrawn_mean"] = _mean(per_organ[o]["dice_undrawn_mean"] for o in organs)
     return out
 
 

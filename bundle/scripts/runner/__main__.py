@@ -5,7 +5,8 @@
     python -m scripts.runner start     --table chaost2_s1 [same options as run]      # nohup, background
     python -m scripts.runner status    [--table NAME ...] [-v]
     python -m scripts.runner stop      --table chaost2_s1
-    python -m scripts.runner aggregate [--table NAME ...]
+    python -m scripts.runner aggregate [--table NAME ...]       # also rewrites the results page (below)
+    python -m scripts.runner results-page [--check]              # docs/results.md and the README's headline
 
 Common options: --home (checkpoints, caches, logs; default $SDFSMIS_RUNNER_HOME or ~/.cache/sdfsmis),
 --results (default <repo>/results/accuracy), --shared (data and weights; default $SDFSMIS_SHARED or
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from . import results_page
 from .jobs import REPO, Workspace, expand, select
 from .tables import TABLES, get_table
 
@@ -50,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     state.add_argument("-v", "--verbose", action="store_true", help="list every job")
     agg = sub.add_parser("aggregate", parents=[common], help="markdown and JSON tables from the result files")
     agg.add_argument("--table", action="append", choices=sorted(TABLES))
+    page = sub.add_parser("results-page", parents=[common],
+                          help="docs/results.md and the README's headline table from the aggregated tables")
+    page.add_argument("--source", default=None, help="the page's prose with its fields (default docs/results.src.md)")
+    page.add_argument("--page", default=None, help="the page to write (default docs/results.md)")
+    page.add_argument("--readme", default=None, help="the README whose headline block is rewritten (default README.md)")
+    page.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is not what it would be")
     return parser
 
 
@@ -126,7 +135,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no result files under {ws.results}")
         for table in tables:
             print("\n".join(map(str, write_table(table, ws, args.steps))))
+        if ws.results.resolve() == results_page.RESULTS.resolve():  # the page shows the repository's tables only
+            for path in results_page.write_results_page():
+                print(path)
         return 0
+    if args.command == "results-page":
+        defaults = not (args.source or args.page or args.readme)  # the repository's pages: the bundle's too
+        stale = results_page.write_results_page(
+            ws.results, Path(args.source or results_page.SOURCE), Path(args.page or results_page.PAGE),
+            Path(args.readme or results_page.README), check=args.check,
+            bundle_page=results_page.BUNDLE_PAGES if defaults else None)
+        for path in stale:
+            print(f"{path} {'differs from what the tables give' if args.check else 'written'}")
+        return 1 if args.check and stale else 0
     return 2
 
 

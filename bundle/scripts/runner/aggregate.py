@@ -39,7 +39,7 @@ def _label_source_text(source: str, gt: str) -> str:
 def _training_labels(job: Job) -> str:
     if not job.trains:
         return "none (no training)"
-    train = [name for name in get_preset(job.dataset).labels if name not in job.group]
+    train = [name for name in get_preset(job.dataset).labels if name not in job.training_group]
     main = _label_source_text(job.label_source, "GT of " + ", ".join(train))
     if not job.extra_datasets:
         return "supervoxels only" if job.label_source == "supervoxel" else main

@@ -259,9 +259,10 @@ def _autoencoder_hashes(job: Job, ws: Workspace) -> dict:
 
 
 _CASE_KEYS = ("fold", "support_pid", "query_pid", "organ", "label_value", "shots", "dice", "tp", "fp", "fn",
-              "hd95", "assd", "pred_empty", "gt_empty", "n_scored", "n_segmented")
+              "hd95", "assd", "pred_empty", "gt_empty", "n_scored", "n_segmented", "volume_mode", "dice_undrawn",
+              "hd95_undrawn", "drawn_z")
 _SUMMARY_KEYS = ("dice_mean", "dice_pooled", "n_cases", "n_dice_undefined", "hd95_mean", "hd95_undefined",
-                 "assd_mean", "assd_undefined")
+                 "assd_mean", "assd_undefined", "dice_undrawn_mean")
 
 
 def _mode_results(job: Job, eval_dir: Path) -> dict:
@@ -275,7 +276,7 @@ def _mode_results(job: Job, eval_dir: Path) -> dict:
             "summary": {name: {k: cell.get(k) for k in _SUMMARY_KEYS}
                         for name, cell in [*agg["organs"].items(), ("mean", agg["mean"])]},
             "method_stats": report.get("method_stats", {}),
-            "cases": [{k: case.get(k) for k in _CASE_KEYS} for case in report["cases"]],
+            "cases": [{k: case.get(k) for k in _CASE_KEYS if k in case} for case in report["cases"]],
         }
     return modes
 
@@ -284,12 +285,16 @@ def _train(job: Job, ws: Workspace, runner: CommandRunner, env: dict, say) -> di
     """Train the job's run to the end (or find it trained); returns the run's training record."""
     folder = ws.train_dir(job)
     with _Lock(folder.parent / f".{folder.name}.lock", blocking=True):
-        mark = _read_json(folder / TRAINING_MARK) or {}
-        model = folder / "model.pt"
+        mark_path = folder / training_mark(job)
+        mark = _read_json(mark_path) or {}
+        model = ws.model_path(job)
         if mark.get("complete") and model.is_file() and mark.get("model_sha256") == _sha256(model):
             say(f"training already complete ({mark.get('trained_by')})")
             return mark
         start = training_progress(job, ws)
+        if start and job.lr_schedule == "constant" and not mark:  # carries on a shorter budget's run
+            mark = {key: value for key, value in (_earlier_budget_mark(folder, start) or {}).items()
+                    if key in ("seconds", "sessions", "resumed_from")}
         say(f"training {job.steps} steps" + (f", resuming after iteration {start}" if start else ""))
         t0 = time.time()
         rc = runner(train_command(job, ws), ws.bundle, ws.log_path(job), env)
@@ -298,12 +303,23 @@ def _train(job: Job, ws: Workspace, runner: CommandRunner, env: dict, say) -> di
                     resumed_from=[*mark.get("resumed_from", []), start])
         folder.mkdir(parents=True, exist_ok=True)
         if rc != 0 or not model.is_file():
-            _write_json(folder / TRAINING_MARK, dict(mark, complete=False))
-            raise JobFailed(f"training exited with status {rc}" + ("" if model.is_file() else ", no model.pt"))
+            _write_json(mark_path, dict(mark, complete=False))
+            raise JobFailed(f"training exited with status {rc}" + ("" if model.is_file() else f", no {model.name}"))
         mark.update(complete=True, model_sha256=_sha256(model), steps=job.steps, trained_by=f"{job.table}/{job.name}",
                     finished_at=_now(), command=train_command(job, ws))
-        _write_json(folder / TRAINING_MARK, mark)
+        _write_json(mark_path, mark)
         return mark
+
+
+def training_mark(job: Job) -> str:
+    """The file that records the end of the job's training: one per model file of the run."""
+    return TRAINING_MARK if job.model_file == "model.pt" else f"runner_training_{job.steps}steps.json"
+
+
+def _earlier_budget_mark(folder: Path, steps: int) -> dict | None:
+    """The record of the shorter budget whose last checkpoint a constant-schedule run resumes, so
+    the wall time counts from the run's start."""
+    return _read_json(folder / f"runner_training_{steps}steps.json")
 
 
 def run_job(job: Job, ws: Workspace, runner: CommandRunner = run_subprocess, env: dict | None = None,
@@ -336,8 +352,8 @@ def run_job(job: Job, ws: Workspace, runner: CommandRunner = run_subprocess, env
         modes = _mode_results(job, eval_dir)
         weights = {"autoencoder": {"name": job.autoencoder, "files": _autoencoder_hashes(job, ws)}}
         if training is not None:
-            model = ws.train_dir(job) / "model.pt"
-            weights["model"] = {"file": "model.pt (final EMA weights)", "sha256": _sha256(model),
+            model = ws.model_path(job)
+            weights["model"] = {"file": f"{model.name} (final EMA weights)", "sha256": _sha256(model),
                                 "state_dict_sha256": _weights_sha256(model)}
         result = {
             "schema": RESULT_SCHEMA, "status": "complete", "table": job.table, "job": job.name,

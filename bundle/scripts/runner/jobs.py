@@ -38,7 +38,7 @@ EVALUATE_CONFIGS = "['configs/train.yaml','configs/evaluate.yaml']"
 NETWORK_METHODS = ("sdfsmis",)
 _ROW_KEYS = ("method", "label", "setting", "exclusion_rule", "shots", "train_shots", "label_source", "preset",
              "autoencoder", "use_qe", "use_vtct", "use_support_kv", "keep_largest_3d", "component_3d",
-             "extra_datasets", "mixture_weights")
+             "extra_datasets", "mixture_weights", "steps", "lr_schedule", "train_labels", "volume_mode")
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,18 @@ class Job:
     # None for the row's), every class and patient of each; and the datasets' shares, main first
     extra_datasets: tuple[tuple[str, str, str | None], ...] | None = None
     mixture_weights: tuple[float, ...] | None = None
+    # None: the LR decays linearly to 0 at `steps` (every result before the choice existed); "constant":
+    # the runs of every budget are one run, resumed into more steps (a learning curve), one model file each
+    lr_schedule: str | None = None
+    # the classes held out of *training* where they differ from the evaluated group: with supervoxel
+    # episodes in Setting 1 no organ label trains, so one training serves every group of a fold
+    train_labels: tuple[str, ...] | None = None
     # evaluation only: the network's post-processing (a result without it predates the 3D step)
     keep_largest_3d: bool | None = None
     # which 3D component: None is the largest (every result before the choice existed), or "support"
     component_3d: str | None = None
+    # the draw<k> modes: how the volume is segmented from the drawn slices; None is "propagate"
+    volume_mode: str | None = None
     overrides: tuple[tuple[str, object], ...] = field(default=())
 
     @property
@@ -93,12 +101,14 @@ class Job:
     def name(self) -> str:
         """Unique within a table; readable enough for ``--only`` patterns."""
         group = "-".join(self.group)
+        volume = f"-{self.volume_mode}" if self.volume_mode else ""
         if not self.trains:
-            return f"{self.method}_{group}_{self.shots}shot_fold{self.fold}"
+            return f"{self.method}{volume}_{group}_{self.shots}shot_fold{self.fold}"
         trained = "" if self.train_shots == self.shots else f"-t{self.train_shots}"
         post = "-slicecc" if self.keep_largest_3d is False else f"-{self.component_3d}cc" if self.component_3d else ""
-        return (f"{self.method}-{self._network_tag()}_{group}_{self.shots}shot{trained}{post}_{self.steps}steps_"
-                f"fold{self.fold}")
+        schedule = "-constlr" if self.lr_schedule == "constant" else ""
+        return (f"{self.method}-{self._network_tag()}_{group}_{self.shots}shot{trained}{post}{volume}_"
+                f"{self.steps}steps{schedule}_fold{self.fold}")
 
     @property
     def train_key(self) -> str | None:
@@ -110,13 +120,25 @@ class Job:
             blob = json.dumps(sorted(self.overrides), default=str).encode()
             extra = "_x" + hashlib.sha256(blob).hexdigest()[:8]
         folds = "" if self.n_folds == 5 else f"of{self.n_folds}"
-        return (f"{self.dataset}_{self._network_tag()}_{'-'.join(self.group)}_{self.train_shots}shot_"
-                f"{self.steps}steps_seed{self.seed}{extra}_fold{self.fold}{folds}")
+        budget = "constlr" if self.lr_schedule == "constant" else f"{self.steps}steps"
+        return (f"{self.dataset}_{self._network_tag()}_{'-'.join(self.training_group)}_{self.train_shots}shot_"
+                f"{budget}_seed{self.seed}{extra}_fold{self.fold}{folds}")
+
+    @property
+    def training_group(self) -> tuple[str, ...]:
+        return self.group if self.train_labels is None else self.train_labels
+
+    @property
+    def model_file(self) -> str:
+        """The model file of the job's training in its run folder: one per budget on a constant schedule."""
+        return "model.pt" if self.lr_schedule != "constant" else f"model_{self.steps}steps.pt"
 
     def config(self) -> dict:
         out = asdict(self)
         out["group"] = list(self.group)
         out["modes"] = list(self.modes)
+        if self.train_labels is not None:
+            out["train_labels"] = list(self.train_labels)
         out["overrides"] = dict(self.overrides)
         return out
 
@@ -142,8 +164,11 @@ def expand_rows(table: Table, steps: int | None = None) -> list[list[Job]]:
             raise ValueError(f"table {table.name}: unknown row keys {sorted(unknown)}")
         method = keys["method"]
         shots = int(keys.get("shots", 1))
+        if keys.get("volume_mode") not in (None, "propagate", "nearest"):
+            raise ValueError(f"table {table.name}: volume_mode must be propagate or nearest, got {keys['volume_mode']!r}")
         common = dict(table=table.name, dataset=table.dataset, dataset_dir=table.dataset_dir, n_folds=table.n_folds,
                       method=method, label=keys.get("label", method), shots=shots, seed=table.seed,
+                      volume_mode=None if keys.get("volume_mode") in (None, "propagate") else keys["volume_mode"],
                       modes=tuple(table.modes), overrides=tuple(sorted(table.overrides.items())))
         if method in NETWORK_METHODS:
             common.update(setting=int(keys.get("setting", 1)),
@@ -153,7 +178,10 @@ def expand_rows(table: Table, steps: int | None = None) -> list[list[Job]]:
                           autoencoder=keys.get("autoencoder", "taef2"), use_qe=bool(keys.get("use_qe", True)),
                           use_vtct=bool(keys.get("use_vtct", True)),
                           use_support_kv=bool(keys.get("use_support_kv", True)),
-                          steps=int(steps or table.steps), keep_largest_3d=bool(keys.get("keep_largest_3d", True)),
+                          steps=int(steps or keys.get("steps") or table.steps),
+                          lr_schedule=_lr_schedule(keys.get("lr_schedule")),
+                          train_labels=tuple(keys["train_labels"]) if keys.get("train_labels") else None,
+                          keep_largest_3d=bool(keys.get("keep_largest_3d", True)),
                           component_3d=_component_rule(keys.get("component_3d")),
                           extra_datasets=tuple(tuple(entry) for entry in keys["extra_datasets"])
                           if keys.get("extra_datasets") else None,
@@ -161,6 +189,13 @@ def expand_rows(table: Table, steps: int | None = None) -> list[list[Job]]:
                           if keys.get("mixture_weights") else None)
         rows.append([Job(group=tuple(group), fold=int(fold), **common) for group in table.groups for fold in table.folds])
     return rows
+
+
+def _lr_schedule(schedule: str | None) -> str | None:
+    """A row's LR schedule; linear is the default and reads as None (older results)."""
+    if schedule not in (None, "linear", "constant"):
+        raise ValueError(f"lr_schedule must be linear or constant, got {schedule!r}")
+    return None if schedule in (None, "linear") else schedule
 
 
 def _component_rule(rule: str | None) -> str | None:
@@ -211,6 +246,9 @@ class Workspace:
     def train_dir(self, job: Job) -> Path | None:
         return None if job.train_key is None else self.home / "runs" / job.train_key
 
+    def model_path(self, job: Job) -> Path | None:
+        return None if job.train_key is None else self.train_dir(job) / job.model_file
+
     def eval_dir(self, job: Job) -> Path:
         return self.home / "eval" / job.table / job.name
 
@@ -257,11 +295,14 @@ def train_command(job: Job, ws: Workspace) -> list[str]:
     """``python -m monai.bundle run training`` with the job's keys (run from bundle/)."""
     if not job.trains:
         raise ValueError(f"{job.name}: a baseline has nothing to train")
-    keys = dict(_data_args(job, ws), setting=job.setting, exclusion_rule=job.exclusion_rule,
+    keys = dict(_data_args(job, ws), test_labels=list(job.training_group), setting=job.setting,
+                exclusion_rule=job.exclusion_rule,
                 shots=job.train_shots, label_source=job.label_source, preset=job.preset,
                 autoencoder=job.autoencoder, autoencoder_path=ws.autoencoder_path(job), use_qe=job.use_qe,
                 use_vtct=job.use_vtct, use_support_kv=job.use_support_kv, steps=job.steps,
                 run_name=job.train_key, output_dir=ws.train_dir(job), **dict(job.overrides))
+    if job.lr_schedule:
+        keys.update(lr_schedule=job.lr_schedule, model_path=ws.model_path(job))
     if job.extra_datasets:
         keys["extra_datasets"] = [{"dataset": name, "dataset_dir": str(ws.data_dir(folder)), "label_source": source}
                                   for name, folder, source in job.extra_datasets]
@@ -277,7 +318,10 @@ def evaluate_command(job: Job, ws: Workspace) -> list[str]:
     output_dir = ws.train_dir(job) if job.trains else ws.eval_dir(job)
     keys = dict(_data_args(job, ws), shots=job.shots, method=job.method, modes=list(job.modes),
                 label_source="gt", output_dir=output_dir, eval_dir=ws.eval_dir(job), **dict(job.overrides))
+    if job.volume_mode:
+        keys["volume_mode"] = job.volume_mode
     if job.trains:  # explicit, so a checkpoint's own default never decides a table's numbers
+        keys["checkpoint"] = ws.model_path(job)
         keys["keep_largest_3d"] = job.keep_largest_3d
         keys["component_3d"] = job.component_3d or "largest"
     return [ws.python, "-m", "monai.bundle", "run", "evaluating", "--config_file", EVALUATE_CONFIGS, *_args(keys)]

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..protocol.matching import DRAW_MODES
+
 __all__ = ["Table", "TABLES", "get_table", "DEFAULT_STEPS"]
 
 DEFAULT_STEPS = 3000  # the compact U-Net on 2 CPU cores: ~30-40 min per fold (docs: DESIGN.md)
@@ -33,6 +35,7 @@ ABDOMEN_GROUPS = (("liver", "spleen"), ("left_kidney", "right_kidney"))
 CARDIAC_GROUPS = (("lv_bp", "lv_myo", "rv"),)
 FIVE_FOLDS = (0, 1, 2, 3, 4)
 MODES = ("ep1", "in_volume", "no_oracle")
+CURVE_STEPS = (3000, 6000, 12000, 24000)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,39 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         notes=("CMR supervoxel episodes and CHAOST2 ground-truth episodes (all 20 patients, all four "
                "abdominal organs), half each; no CMR ground truth, so every CMR class stays a test "
                "class. Baselines and the supervoxel-only network: table `cmr`.",),
+    ),
+    Table(
+        name="chaost2_s1_curve",
+        title="CHAOST2 Setting 1, supervoxel training: Dice against training steps (fold 0)",
+        dataset="chaost2", dataset_dir="CHAOST2", groups=ABDOMEN_GROUPS, folds=(0,),
+        # one constant-LR run per width, resumed from budget to budget; no organ label trains, so the
+        # liver/spleen training serves the kidneys too
+        defaults=dict(setting=1, label_source="supervoxel", lr_schedule="constant", train_labels=ABDOMEN_GROUPS[0]),
+        rows=tuple(network(f"compact, {steps // 1000}k steps", steps=steps) for steps in CURVE_STEPS)
+        + tuple(network(f"wide, {steps // 1000}k steps", preset="wide", steps=steps) for steps in CURVE_STEPS),
+        notes=("Issue #43's learning curve: one training per width at a constant learning rate, its EMA "
+               "weights written at each budget and evaluated there (`model_<steps>steps.pt`); supervoxel "
+               "episodes only, so one model serves all four organs. Budgets run in order: a row's "
+               "training resumes the last checkpoint of the row before it.",),
+    ),
+    Table(
+        name="chaost2_s1_draw",
+        title="CHAOST2: label k slices, get the volume (in-volume), models that never saw the organ or patient",
+        dataset="chaost2", dataset_dir="CHAOST2", groups=ABDOMEN_GROUPS, folds=(0,),
+        modes=tuple(DRAW_MODES),
+        # the curve's supervoxel-trained fold models (6,000 steps): no organ label trained, every organ tested
+        defaults=dict(setting=1, label_source="supervoxel", lr_schedule="constant", train_labels=ABDOMEN_GROUPS[0],
+                      steps=6000, shots=3, train_shots=1, component_3d="support"),
+        rows=(network("SD-FSMIS compact, TAEF2, propagation"),
+              network("SD-FSMIS compact, TAEF2, nearest drawn slices", volume_mode="nearest"),
+              dict(method="registration", label="registration, propagated slice to slice", shots=1),
+              dict(method="support_copy", label="support_copy (nearest drawn slice)", volume_mode="nearest", shots=1),
+              dict(method="contour_interpolation", label="contour interpolation (Slicer's fill between slices)",
+                   shots=1)),
+        notes=("Issue #38's protocol: k = 1, 2, 3, 5 drawn slices per organ, evenly spaced within its extent "
+               "(k = 1: the middle slice); every slice of the volume is segmented; Dice on the whole volume "
+               "(`dice_undrawn`: the slices not drawn). Contour interpolation fills only between drawn "
+               "slices, so from one slice it returns that slice.",),
     ),
     Table(
         name="chaost2_ablation",

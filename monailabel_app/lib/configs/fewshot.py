@@ -4,10 +4,14 @@
                                      scripts.network.presets.save_checkpoint_file or by training
     --conf preset compact|tiny|sd15  override the checkpoint's stored preset (rarely needed)
     --conf autoencoder <name>        override the stored autoencoder (unshuffle | taef2 | taesd | sd-vae)
-    --conf autoencoder_path <dir>    where that autoencoder's weights are
+    --conf autoencoder_path <dir>    where that autoencoder's weights are (default: as the checkpoint
+                                     stores it; TAEF2, the shipped model's, ships in bundle/models/taef2)
     --conf visual_encoder_path, unet_path   the same for the other pretrained parts
     --conf device auto|cpu|cuda      auto: cuda when available
     --conf max_shots 3               labelled slices used per query slice (nearest first)
+    --conf volume_mode propagate|nearest  on the image's own label: propagate the drawn organ slice by
+                                     slice from the drawn slices (default), or serve every slice
+                                     from the nearest drawn slices alone (a request's 'volume_mode' wins)
     --conf threshold <float>         default threshold (none: the checkpoint's own)
     --conf threshold_mode absolute|relative
     --conf keep_largest_3d true|false  keep only one 3D component of each organ (default: the
@@ -25,7 +29,10 @@
     --conf store_result true|false   a PACS as --studies: store each result there as a DICOM SEG
     --conf pacs_timeout 30           a PACS as --studies: seconds before a silent PACS fails the call (424)
     --conf train_steps 200           default fine-tuning length (a request may override it)
-    --conf train_dir <dir>           dataset folder and runs of fine-tuning (default <app>/model/fewshot)
+    --conf train_dir <dir>           dataset folder, runs and the fine-tuned model (default <app>/model/fewshot);
+                                     the checkpoint itself is never written (lib/served_model.py)
+    --conf max_voxels 134217728      the most voxels (512^3) of any volume the app reads, image or label,
+                                     judged from its header before a voxel is decompressed (413 above)
 """
 
 from __future__ import annotations
@@ -43,7 +50,9 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.generic import strtobool
 
 from lib import REPO
-from lib.infers.fewshot import FewShotInfer, FewShotModel, PredictionRecord
+from lib.infers.fewshot import VOLUME_MODES, FewShotInfer, FewShotModel, PredictionRecord
+from lib.responses import DEFAULT_MAX_VOXELS
+from lib.served_model import ServedModel
 from lib.trainers.fewshot import FewShotTrain
 
 logger = logging.getLogger(__name__)
@@ -88,6 +97,9 @@ class FewShot(TaskConfig):
         self.max_shots = int(conf.get("max_shots", 3))
         self.threshold = float(conf["threshold"]) if conf.get("threshold") not in (None, "") else None
         self.threshold_mode = conf.get("threshold_mode") or None
+        self.volume_mode = conf.get("volume_mode") or "propagate"
+        if self.volume_mode not in VOLUME_MODES:
+            raise ValueError(f"--conf volume_mode must be one of {VOLUME_MODES}, got {self.volume_mode!r}")
         self.labels = label_names(conf.get("labels"))
         self.slice_axis = int(conf.get("slice_axis", 2))
         self.scribbles = strtobool(conf.get("scribbles", "true"))
@@ -104,6 +116,8 @@ class FewShot(TaskConfig):
         self.record_dir = None if str(record).lower() == "none" else record
         self.datastore = kwargs.get("datastore")  # a callable giving the app's datastore
         self.train_steps = int(conf.get("train_steps", 200))
+        self.max_voxels = int(conf.get("max_voxels") or DEFAULT_MAX_VOXELS)
+        self.served = ServedModel(self.path, conf.get("train_dir") or os.path.join(model_dir, name))
         self.store_result = strtobool(conf.get("store_result", "true"))
         self._model: FewShotModel | None = None
         logger.info(f"few-shot task '{name}': checkpoint {self.path} "
@@ -113,14 +127,15 @@ class FewShot(TaskConfig):
     @property
     def model(self) -> FewShotModel:
         if self._model is None:  # one segmenter shared by both entries
-            self._model = FewShotModel(self.path, self.model_keys)
+            self._model = FewShotModel(self.path, self.model_keys, locate=self.served.path)
         return self._model
 
     def infer(self) -> Union[InferTask, Dict[str, InferTask]]:
         common = dict(
             model=self.model, labels=self.labels, datastore=self.datastore, max_shots=self.max_shots,
             threshold=self.threshold, threshold_mode=self.threshold_mode, slice_axis=self.slice_axis,
-            record=PredictionRecord(self.record_dir), device=self.device, store_result=self.store_result,
+            volume_mode=self.volume_mode, record=PredictionRecord(self.record_dir), device=self.device, store_result=self.store_result,
+            max_voxels=self.max_voxels,
         )
         # both entries share one segmenter and one record of predicted slices
         tasks: Dict[str, InferTask] = {self.name: FewShotInfer(type=InferType.SEGMENTATION, **common)}
@@ -130,10 +145,12 @@ class FewShot(TaskConfig):
 
     def trainer(self) -> Optional[TrainTask]:
         return FewShotTrain(
-            checkpoint=self.path,
-            work_dir=self.conf.get("train_dir") or os.path.join(self.model_dir, self.name),
+            checkpoint=self.served,
+            work_dir=self.served.folder,
             config_file=REPO / "bundle" / "configs" / "train.yaml",
             model_keys=self.model_keys,
             steps=self.train_steps,
+            label_names={value: name for name, value in self.labels.items()},
+            max_voxels=self.max_voxels,
             description="Fine-tune the few-shot model on the datastore's labelled images (bundle training workflow)",
         )

@@ -31,9 +31,12 @@ UID (its labelled series), and the result goes back to the PACS as a SEG of the 
 call that fails stores nothing.
 
 In cases 1 and 2 the support is the query volume itself (the in-volume case: the user's labelled
-slices are kept exactly as drawn). Every labelled slice is a shot; for each query slice the
-``max_shots`` nearest ones serve (``scripts.engine.inferer.segment_files`` does the matching, the
-loading, the resampling and the merge of several organs; nothing of it is repeated here).
+slices are kept exactly as drawn). Every labelled slice is a shot. ``volume_mode`` ``propagate``
+(the default, ``--conf volume_mode``) walks out from the drawn slices, each slice served by its
+segmented neighbour and the nearest drawn slices, until the organ ends (``scripts.engine.propagation``);
+``nearest`` serves each slice from its ``max_shots`` nearest drawn slices alone, as does every call
+on another image (``scripts.engine.inferer.segment_files`` does the matching, the loading, the
+resampling and the merge of several organs; nothing of it is repeated here).
 
 Slices filled by an earlier inference are not shots: the task records, per image, the mask of
 every organ on every slice it predicted (``PredictionRecord``). A slice of a later support whose
@@ -81,9 +84,9 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 import lib  # noqa: F401  (puts bundle/ on sys.path)
 from lib.datastores.pacs import PacsDatastore
-from lib.responses import refusal, write_label_like
+from lib.responses import DEFAULT_MAX_VOXELS, read_label, refusal, volume_header, write_label_like
 from scripts.data.volumes import DataError
-from scripts.engine.inferer import SupportError, segment_files
+from scripts.engine.inferer import VOLUME_MODES, SupportError, segment_files
 from scripts.network.autoencoders import WeightsError
 from scripts.network.pipeline import EmptySupportError
 from scripts.network.presets import build_segmenter
@@ -178,23 +181,6 @@ def ignored_segment(name: str) -> bool:
 
 
 # ---- label files ----------------------------------------------------------------------------------
-def read_label(path: str) -> tuple[np.ndarray, Any]:
-    """A label file as an integer array in the file's voxel order (X, Y, Z), and its SimpleITK image."""
-    import SimpleITK as sitk
-
-    try:
-        image = sitk.ReadImage(str(path))
-    except Exception as error:
-        raise http_error(422, f"cannot read the label file ({error})".strip()) from None
-    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3:
-        raise http_error(422, f"the label must be one 3D labelmap; got a {image.GetDimension()}D image with "
-                              f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel")
-    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)  # SimpleITK gives (Z, Y, X)
-    if array.dtype.kind == "f" and (not np.all(np.isfinite(array)) or np.any(array != np.rint(array))):
-        raise http_error(422, "the label has non-integer values: upload a labelmap, not an image")
-    return array.astype(np.int32), image
-
-
 def label_values(array: np.ndarray) -> list[int]:
     """The non-zero values of a label array (a counting pass, not a sort, for the usual small values)."""
     if array.size and array.min() >= 0 and array.max() < 1 << 16:
@@ -205,19 +191,6 @@ def label_values(array: np.ndarray) -> list[int]:
 def slices_first(array: np.ndarray, axis: int) -> np.ndarray:
     """The label with the slice axis first, contiguous: one copy, then every slice is cheap."""
     return np.ascontiguousarray(np.moveaxis(array, axis, 0))
-
-
-def image_shape(path: str) -> tuple[int, ...] | None:
-    """The image's grid size from its header (None if the header cannot be read this way)."""
-    import SimpleITK as sitk
-
-    try:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        reader.ReadImageInformation()
-        return tuple(int(s) for s in reader.GetSize())
-    except Exception:
-        return None
 
 
 def slice_masks(plane: np.ndarray, names: dict[int, str]) -> dict[str, str]:
@@ -306,38 +279,40 @@ class PredictionRecord:
 
 # ---- the model ------------------------------------------------------------------------------------
 class FewShotModel:
-    """The segmenter, built from the checkpoint on first use (per device) and rebuilt when the
-    checkpoint file changes (after training). ``lock`` serialises its use: the threshold is set per
-    request and the latent cache is shared."""
+    """The segmenter, built from the checkpoint on first use (per device) and rebuilt when the file to
+    serve changes (training promoted a model: ``lib/served_model.py``). ``lock`` serialises its use:
+    the threshold is set per request and the latent cache is shared."""
 
-    def __init__(self, checkpoint: str | Path, keys: dict | None = None):
-        self.checkpoint = str(checkpoint)
+    def __init__(self, checkpoint: str | Path, keys: dict | None = None, locate: Callable[[], str] | None = None):
+        self.checkpoint = str(checkpoint)  # the configured one; ``locate`` says which file serves now
+        self.locate = locate or (lambda: self.checkpoint)
         self.keys = {k: v for k, v in (keys or {}).items() if v is not None}
         self.lock = threading.RLock()
-        self._built: dict[str, tuple[Any, float]] = {}
+        self._built: dict[str, tuple[Any, tuple]] = {}
 
     def get(self, device: str):
         with self.lock:
+            path = self.locate()
             try:
-                mtime = os.stat(self.checkpoint).st_mtime
+                version = (path, os.stat(path).st_mtime_ns)
             except OSError:
-                mtime = None
+                version = (path, None)
             cached = self._built.get(device)
-            if cached is not None and cached[1] == mtime:
+            if cached is not None and cached[1] == version:
                 return cached[0]
             start = time.time()
             try:
-                segmenter = build_segmenter(checkpoint=self.checkpoint, device=device, **self.keys)
+                segmenter = build_segmenter(checkpoint=path, device=device, **self.keys)
             except (WeightsError, ValueError) as error:
                 raise http_error(424, f"the few-shot model cannot be loaded: {error}. Train one (POST /train/fewshot) "
                                       "or start the server with --conf checkpoint <file>") from None
             segmenter.eval()
             preset = segmenter.config.get("preset")
             logger.info(f"few-shot model: preset '{preset}', autoencoder '{segmenter.config.get('autoencoder')}', "
-                        f"device {device}, loaded from {self.checkpoint} in {time.time() - start:.1f}s")
+                        f"device {device}, loaded from {path} in {time.time() - start:.1f}s")
             if preset == "sd15" and str(device).startswith("cpu"):
                 logger.warning(SLOW_NOTE)
-            self._built[device] = (segmenter, mtime)
+            self._built[device] = (segmenter, version)
             return segmenter
 
 
@@ -372,11 +347,12 @@ class ResolveSupportd:
     order), names its values and picks its shots; writes ``data["support"]``."""
 
     def __init__(self, datastore: Callable[[], Any] | None, record: PredictionRecord,
-                 default_names: dict[int, str], slice_axis: int = 2):
+                 default_names: dict[int, str], slice_axis: int = 2, max_voxels: int | None = DEFAULT_MAX_VOXELS):
         self.datastore = datastore
         self.record = record
         self.default_names = default_names
         self.slice_axis = slice_axis
+        self.max_voxels = max_voxels
 
     def __call__(self, data: dict) -> dict:
         image = data.get("image")
@@ -384,6 +360,8 @@ class ResolveSupportd:
             raise http_error(404, "image not found: the request names no image of the datastore (or the upload failed)")
         datastore = self.datastore() if self.datastore else None
         image_id = self.image_id(datastore, image)
+        volume_header(image, f"image '{image_id}'" if image_id else "the uploaded image", self.max_voxels,
+                      upload=image_id is None)
         data["fewshot_query_id"] = image_id
         support_image = _first(data.get("support_image"))
         support_image = None if _blank(support_image) else str(support_image).strip()
@@ -488,9 +466,9 @@ class ResolveSupportd:
                   image_id: str | None, reasons: list, label_id: str | None = None) -> Support | None:
         where = {"upload": "the uploaded label", "saved_label": "the image's saved label",
                  "support_image": f"the label of '{image_id}'"}[source]
-        label, reference = read_label(label_path)
-        expected = image_shape(image)
-        if expected is not None and tuple(label.shape) != expected:
+        expected = volume_header(image, f"image '{image_id}'" if image_id else "the image", self.max_voxels).shape
+        label, reference = read_label(label_path, where, self.max_voxels, upload=source == "upload")
+        if tuple(label.shape) != expected:
             raise http_error(422, f"{where}: its shape {tuple(label.shape)} does not match the image's {expected}; "
                                   "a label must be drawn on the image's own grid")
         present = label_values(label)
@@ -580,7 +558,8 @@ class FewShotInfer(BasicInferTask):
     def __init__(self, model: FewShotModel, type=InferType.SEGMENTATION, labels: dict[str, int] | None = None,
                  datastore: Callable[[], Any] | None = None, max_shots: int = 3, threshold: float | None = None,
                  threshold_mode: str | None = None, slice_axis: int = 2, record: PredictionRecord | None = None,
-                 device: str = "cpu", description: str | None = None, store_result: bool = True):
+                 device: str = "cpu", description: str | None = None, store_result: bool = True,
+                 max_voxels: int | None = DEFAULT_MAX_VOXELS, volume_mode: str = "propagate"):
         flow = ("3D Slicer scribbles panel: uploads the labelmap being drawn" if type == InferType.SCRIBBLES
                 else "OHIF / Slicer auto-segmentation: uses the image's saved final label")
         description = description or (
@@ -593,6 +572,8 @@ class FewShotInfer(BasicInferTask):
             description=description, config={
                 "threshold": "" if threshold is None else threshold,
                 "max_shots": max_shots,
+                # a client's drop-down: the first is the default
+                "volume_mode": [volume_mode] + [m for m in VOLUME_MODES if m != volume_mode],
                 "support_image": "",
                 "support_slices": "",
                 "support_seg": "",  # a PACS only: the SEG to learn from (default: the newest drawn one)
@@ -604,16 +585,18 @@ class FewShotInfer(BasicInferTask):
         self.max_shots = max_shots
         self.threshold = threshold
         self.threshold_mode = threshold_mode
+        self.volume_mode = volume_mode
         self.slice_axis = slice_axis
         self.datastore = datastore
         self.record = record or PredictionRecord(None)  # None: nothing remembered
         self.default_names = {int(v): str(n) for n, v in (labels or {}).items()}
+        self.max_voxels = max_voxels
 
     def is_valid(self) -> bool:
         return True  # missing weights answer the call with a 4xx that says so
 
     def pre_transforms(self, data=None):
-        return [ResolveSupportd(self.datastore, self.record, self.default_names, self.slice_axis)]
+        return [ResolveSupportd(self.datastore, self.record, self.default_names, self.slice_axis, self.max_voxels)]
 
     def post_transforms(self, data=None):
         return [RecordPredictionsd(self.record, self.slice_axis)]
@@ -651,6 +634,10 @@ class FewShotInfer(BasicInferTask):
         if mode is not None and mode not in ("absolute", "relative"):
             raise http_error(400, f"parameter 'threshold_mode' must be 'absolute' or 'relative', got {mode!r}")
         max_shots = parse_int("max_shots", data.get("max_shots"), 1) or self.max_shots
+        volume_mode = _first(data.get("volume_mode"))
+        volume_mode = self.volume_mode if _blank(volume_mode) else str(volume_mode).strip()
+        if volume_mode not in VOLUME_MODES:
+            raise http_error(400, f"parameter 'volume_mode' must be one of {list(VOLUME_MODES)}, got {volume_mode[:40]!r}")
         segmenter = self.model.get(device)
         if segmenter.config.get("preset") == "sd15" and str(device).startswith("cpu"):
             logger.info("few-shot: running the sd15 preset on the CPU; " + SLOW_NOTE)
@@ -665,12 +652,18 @@ class FewShotInfer(BasicInferTask):
                 label, query, segmentation = segment_files(
                     segmenter, support.image, support.label, data["image"], labels=support.labels,
                     max_shots=max_shots, support_slices=support.slices, slice_axis=self.slice_axis,
+                    mode=volume_mode,
                 )
                 used_threshold, used_mode = segmenter.threshold, segmenter.threshold_mode
             except (SupportError, DataError, EmptySupportError) as error:
                 raise http_error(422, str(error)) from None
             finally:
                 segmenter.threshold, segmenter.threshold_mode = saved
+        if float(np.ptp(query.image)) == 0.0:  # nothing to segment: whatever the model says, keep only what was drawn
+            keep = np.zeros(label.shape[self.slice_axis], dtype=bool)
+            if support.source != "support_image":
+                keep[sorted({z for zs in segmentation.support_slices.values() for z in zs})] = True
+            label = np.where(np.expand_dims(keep, tuple(a for a in range(label.ndim) if a != self.slice_axis)), label, 0)
         present = set(label_values(label))
         low, high = int(label.min()), int(label.max())
         dtype = np.uint8 if low >= 0 and high < 256 else np.int16 if -32768 <= low and high < 32768 else np.int32
@@ -685,8 +678,17 @@ class FewShotInfer(BasicInferTask):
                         "support_slices": {n: list(z) for n, z in segmentation.support_slices.items()},
                         "drawn_slices": drawn},
             "threshold": float(used_threshold), "threshold_mode": used_mode, "max_shots": max_shots,
+            "volume_mode": volume_mode if same_volume else None,
             "preset": segmenter.config.get("preset"), "device": str(device),
             "seconds": round(time.time() - start, 3),
         }
+        found = label.any() if not drawn else bool(np.delete(slices_first(label, self.slice_axis), drawn, axis=0).any())
+        if float(np.ptp(query.image)) == 0.0:
+            data["result"]["message"] = ("the image is constant (every voxel has one value): there is nothing to segment "
+                                         "in it" + ("; only the drawn slices come back" if drawn else ""))
+        elif not found:
+            data["result"]["message"] = (f"nothing found{' outside the drawn slices' if drawn else ''} at threshold "
+                                         f"{float(used_threshold):.3g} ({used_mode}): a lower 'threshold', more labelled "
+                                         "slices, or a support closer to this image may find it")
         logger.info(f"few-shot: segmented {sorted(segmentation.labels)} from {support.source} in {time.time() - start:.2f}s")
         return data

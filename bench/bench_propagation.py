@@ -1,0 +1,117 @@
+"""Speed of the in-volume modes (issue #38): propagation against the nearest-support mode, measured in
+one run on the shipped model.
+
+One organ drawn on one slice (its middle), the rest of the volume segmented through the seam
+(``segment_volume``, what ``segment_files``, the app and the evaluator call), on 2 CPU threads:
+
+- first call: nothing cached (the volume's slices are encoded by TAEF2 on the call);
+- repeated call: the same request again (latents cached by content; propagation's walks memoised);
+- another organ of the same volume after the first (its latents cached, its walk new).
+
+The modes run interleaved, call by call, so a busy machine slows both alike; each cell is the
+fastest repeat (median beside it). Default volume: sample patient A (``bundle/sample/chaost2``,
+CHAOS patient 15, 31 slices), liver then spleen; ``--depth 40`` stacks it to 40 slices (the issue's
+size) by repeating its end slices.
+
+    .venv/bin/python bench/bench_propagation.py [--repeats 3] [--depth 40] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bundle"))
+
+from scripts.data.volumes import load_volume  # noqa: E402
+from scripts.engine.inferer import segment_volume  # noqa: E402
+from scripts.engine.propagation import clear_memo  # noqa: E402
+from scripts.network.presets import build_segmenter  # noqa: E402
+
+SAMPLE = REPO / "bundle" / "sample" / "chaost2"
+
+
+def padded(image: np.ndarray, label: np.ndarray, depth: int):
+    """The volume stacked to ``depth`` slices by repeating its first and last slices (no organ there)."""
+    extra = max(0, depth - image.shape[0])
+    before, after = extra // 2, extra - extra // 2
+    pad = ((before, after), (0, 0), (0, 0))
+    label = np.pad(np.where(np.isin(np.arange(label.shape[0]), [0, label.shape[0] - 1])[:, None, None], 0, label),
+                   pad, mode="edge")
+    return np.pad(image, pad, mode="edge"), label
+
+
+def drawn_middle(label: np.ndarray, value: int) -> np.ndarray:
+    zs = np.flatnonzero((label == value).any(axis=(1, 2)))
+    z = int(zs[len(zs) // 2])
+    out = np.zeros_like(label)
+    out[z] = np.where(label[z] == value, value, 0)
+    return out
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--depth", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--checkpoint", default=str(REPO / "bundle" / "models" / "model.pt"))
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    volume = load_volume(SAMPLE / "image_15.nii.gz", SAMPLE / "label_15.nii.gz")
+    image, label = padded(volume.image, volume.label, args.depth)
+    first, second = drawn_middle(label, 1), drawn_middle(label, 4)  # liver, then spleen
+    both = np.maximum(first, second)
+    method = build_segmenter(checkpoint=args.checkpoint).eval()
+
+    def call(mode: str, drawn: np.ndarray) -> float:
+        start = time.perf_counter()
+        segment_volume(method, image, drawn, image, same_volume=True, mode=mode)
+        return time.perf_counter() - start
+
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.repeats):
+        for mode in ("nearest", "propagate"):
+            method._latent_cache.clear()
+            clear_memo()
+            times.setdefault((mode, "first call"), []).append(call(mode, first))
+            times.setdefault((mode, "repeated call"), []).append(call(mode, first))
+            times.setdefault((mode, "another organ"), []).append(call(mode, both))
+
+    rows = ["| call | nearest (s) | propagate (s) | propagate / nearest |", "|---|---|---|---|"]
+    for what in ("first call", "repeated call", "another organ"):
+        near, prop = times[("nearest", what)], times[("propagate", what)]
+        rows.append(f"| {what} | {min(near):.2f} (median {statistics.median(near):.2f}) | "
+                    f"{min(prop):.2f} (median {statistics.median(prop):.2f}) | {min(prop) / min(near):.2f} |")
+    text = "\n".join([
+        f"# In-volume modes: propagation against nearest support ({datetime.date.today().isoformat()})",
+        "",
+        f"`bench/bench_propagation.py --repeats {args.repeats} --depth {args.depth} --threads {args.threads}`; "
+        f"{Path(args.checkpoint).name} ({method.config.get('preset')}, {method.config.get('autoencoder')}), "
+        f"sample patient A stacked to {image.shape[0]} slices of {image.shape[1]}x{image.shape[2]}; the liver drawn "
+        "on its middle slice (\"another organ\": the spleen added, the liver's result reused); "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads. "
+        "Fastest of the repeats, median beside it.",
+        "",
+        *rows,
+        "",
+    ])
+    print(text)
+    out = Path(args.out) / f"propagation_{datetime.date.today().isoformat()}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""In-volume propagation: label one slice (or a few), get the organ in the whole volume (issue #38).
+
+The nearest-support mode serves every slice from the drawn slice nearest to it, however far away,
+and cannot tell where the organ ends. Here the volume is walked outwards from the drawn slices,
+one slice per step in both directions, and each new slice is served by the slice just segmented
+beside it (the K-shot path of the method: its predicted mask is a support like a drawn one) plus
+the drawn slices on either side of it, nearest first, up to ``max_shots``. Slices between two drawn
+slices are thus served from both sides. A walk stops by itself, with nothing of the ground truth:
+
+- the organ is gone: the new mask is smaller than ``min_area`` pixels, or than ``min_area_ratio``
+  of the drawn masks' mean area;
+- the mask jumped: of the new mask only the connected components that touch the previous slice's
+  mask grown by ``margin`` pixels are kept (anything else is a neighbour organ, not this one's
+  continuation); a walk whose new mask keeps nothing stops;
+- the mask drifted: it overlaps the previous slice's mask by less than ``min_iou`` (intersection
+  over union), or the method is less sure of it: its mean score inside the mask falls under
+  ``min_score_ratio`` of the first slice walked on that side. A network that never answers "empty"
+  goes on finding look-alike tissue past an organ's end; these two notice it.
+
+Between two drawn slices the organ is known to go on, so only the jump test applies there. The
+drift thresholds were chosen on the training patients of CHAOST2 fold 0 (walks recorded once with
+fold 0's supervoxel-trained model, every threshold pair scored offline by cutting the walks where
+it stops: docs/DESIGN.md, "Where a propagated organ ends"); the fold's test patients never saw them.
+Every step is one batched call of the method for all walks (grouped by their number of shots),
+so the cost grows with the organ's extent in slices, not with the number of drawn slices.
+Any method with ``predict_scores`` / ``binarize`` propagates this way, so the registration and
+support-copy baselines are propagated by the same code as the network.
+
+A walk's result is remembered per method (the last ``MEMO_SIZE`` organs), keyed by the volume's and
+the drawn masks' contents and everything that shapes the walk (shots, stop rule, threshold): a
+repeated call, or one that adds or edits another organ of the volume, walks only what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from collections import OrderedDict
+from dataclasses import astuple, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["StopRule", "propagate_organ", "clear_memo"]
+
+MEMO_SIZE = 8  # organs remembered per method: a 40-slice 256x256 organ holds about 13 MB
+_memo: "weakref.WeakKeyDictionary[object, OrderedDict]" = weakref.WeakKeyDictionary()
+
+
+def clear_memo() -> None:
+    """Forget every remembered walk (benchmarks time first calls with it)."""
+    _memo.clear()
+
+
+def _memo_key(method, image: np.ndarray, drawn: dict, max_shots: int, rule) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(np.ascontiguousarray(image, dtype=np.float32).tobytes())
+    digest.update(repr((image.shape, sorted(drawn), max_shots, astuple(rule), getattr(method, "threshold", None),
+                        getattr(method, "threshold_mode", None))).encode())
+    for z in sorted(drawn):
+        digest.update(np.packbits(np.asarray(drawn[z]) > 0).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class StopRule:
+    min_area: int = 20              # pixels; a 256x256 slice at 1.25 mm: 0.3 cm^2
+    min_area_ratio: float = 0.05    # of the drawn masks' mean area
+    margin: int = 8                 # pixels the organ may move from one slice to the next
+    min_iou: float = 0.5            # overlap with the previous slice's mask, outside the drawn range
+    min_score_ratio: float = 0.9    # mean score in the mask against the first slice walked on that side
+
+
+@dataclass
+class _Walk:
+    z: int            # the last slice it segmented (or the drawn slice it starts from)
+    step: int         # -1 or +1
+    first_score: float | None = None  # mean score in the mask of its first slice outside the drawn range
+
+
+def _grow(mask: np.ndarray, margin: int) -> np.ndarray:
+    return ndimage.binary_dilation(mask, iterations=margin) if margin > 0 else mask
+
+
+def propagate_organ(method, image: np.ndarray, drawn: dict[int, np.ndarray], max_shots: int = 3,
+                    latents=None, rule: StopRule = StopRule()) -> tuple[np.ndarray, np.ndarray]:
+    """One organ of one volume: ``image`` (D, H, W), ``drawn`` {slice index: (H, W) mask} of the
+    slices the user drew (each non-empty). ``latents`` (D, C, h, w): the volume's latents, for a
+    method that takes them (the network), so nothing is encoded twice.
+    Returns (scores (D, H, W) float32, masks (D, H, W) bool); drawn slices come back as drawn."""
+    image = np.asarray(image, dtype=np.float32)
+    if not drawn:
+        raise ValueError("propagation needs at least one drawn slice")
+    try:
+        memo = _memo.setdefault(method, OrderedDict())
+    except TypeError:  # a method that cannot be weakly referenced is not remembered
+        memo = None
+    key = _memo_key(method, image, drawn, max_shots, rule) if memo is not None else None
+    if key in (memo or {}):
+        memo.move_to_end(key)
+        scores, masks = memo[key]
+        return scores.copy(), masks.copy()
+    scores, masks = _walk(method, image, drawn, max_shots, latents, rule)
+    if memo is not None:
+        memo[key] = (scores.copy(), masks.copy())
+        while len(memo) > MEMO_SIZE:
+            memo.popitem(last=False)
+    return scores, masks
+
+
+def _walk(method, image, drawn, max_shots, latents, rule):
+    depth = image.shape[0]
+    drawn_z = np.array(sorted(drawn), dtype=int)
+    masks = np.zeros(image.shape, dtype=bool)
+    scores = np.full(image.shape, -1.0, dtype=np.float32)
+    for z in drawn_z:
+        masks[z] = np.asarray(drawn[z]) > 0
+        if not masks[z].any():
+            raise ValueError(f"drawn slice {z} is empty: draw the organ on it or leave the slice out")
+        scores[z] = np.where(masks[z], 1.0, -1.0)
+    done = np.zeros(depth, dtype=bool)
+    done[drawn_z] = True
+    min_area = max(rule.min_area, rule.min_area_ratio * masks[drawn_z].sum(axis=(1, 2)).mean())
+    walks = [_Walk(int(z), step) for z in drawn_z for step in (-1, 1)]
+
+    while walks:
+        targets: dict[int, list[_Walk]] = {}
+        for walk in walks:
+            z = walk.z + walk.step
+            if 0 <= z < depth and not done[z]:
+                targets.setdefault(z, []).append(walk)
+        if not targets:
+            break
+        plans = {z: _supports(z, [w.z for w in ws], drawn_z, max_shots) for z, ws in targets.items()}
+        predicted = _predict(method, image, masks, plans, latents)
+        walks = []
+        for z, ws in targets.items():
+            score, mask = predicted[z]
+            done[z] = True
+            neighbours = np.logical_or.reduce([masks[w.z] for w in ws])
+            between = drawn_z.min() < z < drawn_z.max()
+            mask = _connected_to(mask, neighbours, rule.margin)
+            if not mask.any() or not (between or _goes_on(mask, score, neighbours, ws, min_area, rule)):
+                continue  # a walk that stopped leaves the slice empty and goes no further
+            masks[z], scores[z] = mask, score
+            walks += ws
+        for walk in walks:
+            walk.z += walk.step
+    return scores, masks
+
+
+def _supports(z: int, neighbours: list[int], drawn_z: np.ndarray, max_shots: int) -> tuple[int, ...]:
+    """The slices serving ``z``: the neighbours just segmented, then the nearest drawn slice below
+    and above, then other drawn slices by distance; at most ``max_shots``, each once."""
+    below, above = drawn_z[drawn_z < z], drawn_z[drawn_z > z]
+    ordered = list(neighbours) + [int(s) for s in (below[-1:].tolist() + above[:1].tolist())]
+    ordered += [int(s) for s in drawn_z[np.argsort(np.abs(drawn_z - z), kind="stable")]]
+    out = []
+    for s in ordered:
+        if s not in out:
+            out.append(s)
+    return tuple(out[:max(1, max_shots)])
+
+
+def _predict(method, image, masks, plans: dict[int, tuple[int, ...]], latents) -> dict:
+    """One call of the method per number of shots for all target slices of this step; returns
+    {z: (scores (H, W), binary mask (H, W))}."""
+    out = {}
+    by_shots: dict[int, list[int]] = {}
+    for z, support in plans.items():
+        by_shots.setdefault(len(support), []).append(z)
+    for _, zs in sorted(by_shots.items()):
+        episodes = np.array([plans[z] for z in zs], dtype=int)            # (E, K): one episode per target
+        support_masks = masks[episodes].astype(np.float32)
+        kwargs = {}
+        if latents is not None:
+            kwargs = {"query_latents": latents[zs], "support_latents": latents[episodes.reshape(-1)]}
+        scores = method.predict_scores(image[episodes], support_masks, image[zs], np.arange(len(zs)), **kwargs)
+        for i, z in enumerate(zs):
+            binary = np.asarray(method.binarize(scores[i:i + 1], support_masks=support_masks[i:i + 1]))[0] > 0
+            out[z] = (np.asarray(scores[i], dtype=np.float32), binary)
+    return out
+
+
+def _goes_on(mask, score, previous, walks: list[_Walk], min_area: float, rule: StopRule) -> bool:
+    """Outside the drawn range: whether the organ is still there (see the module docstring)."""
+    if mask.sum() < min_area:
+        return False
+    union = np.logical_or(mask, previous).sum()
+    if np.logical_and(mask, previous).sum() < rule.min_iou * union:
+        return False
+    confidence = float(np.mean(score[mask]))
+    for walk in walks:
+        if walk.first_score is None:
+            walk.first_score = confidence
+        elif walk.first_score > 0 and confidence < rule.min_score_ratio * walk.first_score:
+            return False
+    return True
+
+
+def _connected_to(mask: np.ndarray, neighbours: np.ndarray, margin: int) -> np.ndarray:
+    """The connected components of ``mask`` that touch ``neighbours`` grown by ``margin`` pixels."""
+    components, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    touching = np.unique(components[_grow(neighbours, margin) & mask])
+    return np.isin(components, touching[touching > 0])
