@@ -145,6 +145,50 @@ def test_tables_expand_into_the_protocol_jobs():
     assert {j.steps for j in expand(TABLES["cmr"], steps=500) if j.trains} == {500}
 
 
+def test_the_learning_curve_and_draw_tables_share_one_training_per_width():
+    """#43's curve: one constant-LR training per width, a model file per budget, every budget's row
+    resuming the same run; #38's draw table evaluates the curve's 6,000-step model, propagated and
+    nearest, beside the baselines, on whole volumes."""
+    ws = Workspace()
+    curve = [j for j in expand(TABLES["chaost2_s1_curve"]) if j.trains]
+    compact = [j for j in curve if j.preset == "compact"]
+    assert {j.steps for j in compact} == {3000, 6000, 12000, 24000} and {j.lr_schedule for j in compact} == {"constant"}
+    assert len({j.train_key for j in compact}) == 1  # one run, trained on to each budget
+    assert {j.model_file for j in compact} == {f"model_{s}steps.pt" for s in (3000, 6000, 12000, 24000)}
+    assert len({j.name for j in compact}) == len(compact) and all("-constlr" in j.name for j in compact)
+    assert {j.preset for j in curve} == {"compact", "wide"} and len({j.train_key for j in curve}) == 2
+    train = train_command(compact[0], ws)
+    assert _value(train, "lr_schedule") == "constant" and _value(train, "label_source") == "supervoxel"
+    assert _value(evaluate_command(compact[-1], ws), "checkpoint").endswith(compact[-1].model_file)
+
+    draw = expand(TABLES["chaost2_s1_draw"])
+    assert {tuple(j.modes) for j in draw} == {("draw1", "draw2", "draw3", "draw5")}
+    network = [j for j in draw if j.trains]
+    assert {j.volume_mode for j in network} == {None, "nearest"}  # None: propagate, the default
+    six = {j.train_key: j for j in compact if j.steps == 6000}
+    assert {j.train_key for j in network} <= set(six) and {j.steps for j in network} == {6000}
+    nearest = [j for j in network if j.volume_mode == "nearest"]
+    assert all("-nearest" in j.name for j in nearest)
+    assert _value(evaluate_command(nearest[0], ws), "volume_mode") == "nearest"
+    assert {j.method for j in draw} == {"sdfsmis", "registration", "support_copy", "contour_interpolation"}
+
+
+def test_training_keys_leave_out_patients_and_keep_the_rate():
+    from types import SimpleNamespace
+
+    from scripts.engine.experiment import without_patients
+    from scripts.engine.optimizers import final_lr_factor
+
+    volumes = [SimpleNamespace(pid=p) for p in ("1", "15", "39", "cmr:15")]
+    assert [v.pid for v in without_patients(volumes, [15, "39"])] == ["1", "cmr:15"]  # another dataset's 15 stays
+    assert without_patients(volumes, []) == volumes
+    with pytest.raises(ValueError, match="7"):
+        without_patients(volumes, [7], volumes)
+    assert final_lr_factor("linear") == 0.0 and final_lr_factor("constant") == 1.0
+    with pytest.raises(ValueError, match="lr_schedule"):
+        final_lr_factor("cosine")
+
+
 def test_only_selects_jobs_by_pattern():
     jobs = expand(TABLES["chaost2_s1"])
     assert {j.method for j in select(jobs, "support_copy")} == {"support_copy"}
