@@ -3,10 +3,12 @@ runs ITK's morphological contour interpolation (Albu et al. 2008; Zukic et al., 
 2016) between the drawn slices of each label. It never reaches past the outermost drawn slices, and
 from one drawn slice it can only give that slice back.
 
-ITK's filter runs in a child process of its own (this file as a script, numpy and itk only): in a
-process that has also loaded torch, the filter on a full volume corrupts the C heap
-("malloc_consolidate(): unaligned fastbin chunk detected", an abort at the latest when the process
-exits), seen with itk 5.4.7, itk-morphologicalcontourinterpolation 2.1.2 and torch 2.14.1.
+ITK's filter runs in a child process of its own (this file as a script, numpy and itk only): now
+and then it corrupts the C heap ("malloc_consolidate(): unaligned fastbin chunk detected", an abort
+then or when the process exits; seen with itk 5.4.7 and itk-morphologicalcontourinterpolation 2.1.2,
+about one run in ten on a 37x256x256 mask, and always at exit once torch is loaded too). The child
+writes its result and leaves without running ITK's destructors; a child that died is run again, up
+to ``attempts`` times. Its results are deterministic, so a retry changes nothing but the luck.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ class ContourInterpolation:
 
     name = "contour_interpolation"
 
-    def __init__(self, threads: int = 1, timeout_s: float = 600):
+    def __init__(self, threads: int = 1, timeout_s: float = 600, attempts: int = 3):
         self.threads = threads
         self.timeout_s = timeout_s
+        self.attempts = attempts
 
     def segment_drawn(self, image, drawn: np.ndarray, value: int) -> np.ndarray:
         mask = (np.asarray(drawn) == value).astype(np.uint8)
@@ -38,12 +41,13 @@ class ContourInterpolation:
         with tempfile.TemporaryDirectory(prefix="contour_interpolation_") as work:
             source, target = os.path.join(work, "drawn.npy"), os.path.join(work, "filled.npy")
             np.save(source, mask)
-            done = subprocess.run([sys.executable, os.path.abspath(__file__), source, target, str(self.threads)],
-                                  capture_output=True, text=True, timeout=self.timeout_s)
-            if done.returncode != 0 or not os.path.exists(target):
-                raise RuntimeError(f"ITK's contour interpolation failed (status {done.returncode}): "
-                                   f"{done.stderr.strip()[-500:]}")
-            return np.load(target) > 0
+            for _ in range(self.attempts):
+                done = subprocess.run([sys.executable, os.path.abspath(__file__), source, target, str(self.threads)],
+                                      capture_output=True, text=True, timeout=self.timeout_s)
+                if done.returncode == 0 and os.path.exists(target):
+                    return np.load(target) > 0
+            raise RuntimeError(f"ITK's contour interpolation failed {self.attempts} times (last status "
+                               f"{done.returncode}): {done.stderr.strip()[-500:]}")
 
 
 def interpolate(mask: np.ndarray, threads: int = 1) -> np.ndarray:
@@ -63,3 +67,5 @@ if __name__ == "__main__":  # the child process: drawn.npy -> filled.npy
     source, target, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
     np.save(target + ".part.npy", interpolate(np.load(source), threads))
     os.replace(target + ".part.npy", target)
+    sys.stdout.flush()
+    os._exit(0)  # skip ITK's destructors, where the corrupted heap aborts
