@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import sys
@@ -67,6 +68,7 @@ def main(argv=None) -> str:
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]  # other work on the machine slows both modes alike; the ratio is the figure
 
     volume = load_volume(SAMPLE / "image_15.nii.gz", SAMPLE / "label_15.nii.gz")
     image, label = padded(volume.image, volume.label, args.depth)
@@ -100,8 +102,8 @@ def main(argv=None) -> str:
         f"{Path(args.checkpoint).name} ({method.config.get('preset')}, {method.config.get('autoencoder')}), "
         f"sample patient A stacked to {image.shape[0]} slices of {image.shape[1]}x{image.shape[2]}; the liver drawn "
         "on its middle slice (\"another organ\": the spleen added, the liver's result reused); "
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads. "
-        "Fastest of the repeats, median beside it.",
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{args.threads} threads, load average {load:.1f} at the start. Fastest of the repeats, median beside it.",
         "",
         *rows,
         "",
