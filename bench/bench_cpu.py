@@ -165,7 +165,7 @@ def monailabel_rows(bench: Bench, work: Path, args) -> None:
     task, segmenter = task_for(checkpoint)
     plain = lambda: plain_path(segmenter)  # noqa: E731
     ours = contextlib.nullcontext
-    clear = segmenter._latent_cache.clear
+    clear = segmenter.latent_cache.clear
     call, call4 = make_call(task, request), make_call(task, request4)
     rate = bench.sgemm_gflops
 
@@ -193,7 +193,7 @@ def monailabel_rows(bench: Bench, work: Path, args) -> None:
     request_t, checkpoint_t = prepare_call(work, depth=args.depth, organs=1, autoencoder="taef2",
                                            autoencoder_path=str(TAEF2))
     task_t, segmenter_t = task_for(checkpoint_t)
-    call_t, clear_t = make_call(task_t, request_t), segmenter_t._latent_cache.clear
+    call_t, clear_t = make_call(task_t, request_t), segmenter_t.latent_cache.clear
     plain_t = lambda: plain_path(segmenter_t)  # noqa: E731
     flops_t = count_flops(lambda: (clear_t(), call_t()))
     encode_flops = count_flops(lambda: segmenter_t.encode_images(torch.zeros(1, 1, 256, 256)))
@@ -398,7 +398,7 @@ def child_monailabel(args) -> None:
     with context():
         for index in range(1, 21):
             if index % 2:
-                segmenter._latent_cache.clear()
+                segmenter.latent_cache.clear()
             call()
             if index in (10, 20):
                 rss[f"rss_{index}"] = rss_gib()["VmRSS"]

@@ -98,7 +98,7 @@ def main() -> None:
     cold = call()  # first call of the process (imports of the writer etc. warm up here)
     first, repeated = [], []
     for _ in range(args.runs):
-        segmenter._latent_cache.clear()
+        segmenter.latent_cache.clear()
         first.append(call())
         repeated.append(call())
     print(f"torch threads {torch.get_num_threads()}, device {args.device}, load average {os.getloadavg()[0]:.2f}")

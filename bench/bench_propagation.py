@@ -4,7 +4,8 @@ one run on the shipped model.
 One organ drawn on one slice (its middle), the rest of the volume segmented through the seam
 (``segment_volume``, what ``segment_files``, the app and the evaluator call), on 2 CPU threads:
 
-- first call: nothing cached (the volume's slices are encoded by TAEF2 on the call);
+- first call: nothing cached (the slices are encoded by TAEF2 on the call: by propagation as its
+  walks reach them; the row below encodes every slice first, as before ``slice_latents.py``);
 - repeated call: the same request again (latents cached by content; propagation's walks memoised);
 - another organ of the same volume after the first (its latents cached, its walk new).
 
@@ -39,6 +40,7 @@ from scripts.engine.propagation import clear_memo  # noqa: E402
 from scripts.network.presets import build_segmenter  # noqa: E402
 
 SAMPLE = REPO / "bundle" / "sample" / "chaost2"
+WHOLE = "first call, every slice encoded first (before: the walk now encodes the slices it reaches)"
 
 
 def padded(image: np.ndarray, label: np.ndarray, depth: int):
@@ -76,22 +78,27 @@ def main(argv=None) -> str:
     both = np.maximum(first, second)
     method = build_segmenter(checkpoint=args.checkpoint).eval()
 
-    def call(mode: str, drawn: np.ndarray) -> float:
+    def call(mode: str, drawn: np.ndarray, whole_first: bool = False) -> float:
         start = time.perf_counter()
+        if whole_first:  # the earlier path: every slice encoded before the walk
+            method.encode_images_cached(image)
         segment_volume(method, image, drawn, image, same_volume=True, mode=mode)
         return time.perf_counter() - start
 
     times: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.repeats):
         for mode in ("nearest", "propagate"):
-            method._latent_cache.clear()
+            method.latent_cache.clear()
             clear_memo()
             times.setdefault((mode, "first call"), []).append(call(mode, first))
             times.setdefault((mode, "repeated call"), []).append(call(mode, first))
             times.setdefault((mode, "another organ"), []).append(call(mode, both))
+            method.latent_cache.clear()
+            clear_memo()
+            times.setdefault((mode, WHOLE), []).append(call(mode, first, whole_first=True))
 
     rows = ["| call | nearest (s) | propagate (s) | propagate / nearest |", "|---|---|---|---|"]
-    for what in ("first call", "repeated call", "another organ"):
+    for what in ("first call", WHOLE, "repeated call", "another organ"):
         near, prop = times[("nearest", what)], times[("propagate", what)]
         rows.append(f"| {what} | {min(near):.2f} (median {statistics.median(near):.2f}) | "
                     f"{min(prop):.2f} (median {statistics.median(prop):.2f}) | {min(prop) / min(near):.2f} |")

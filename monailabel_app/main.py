@@ -25,8 +25,11 @@ import lib  # noqa: F401  (puts <repo>/bundle on sys.path before anything import
 from lib.configs.fewshot import FewShot
 from lib.datastores.local import CheckedDatastore
 from lib.datastores.pacs import PacsDatastore
+from lib.infer_route import serve_inference_through
 from lib.responses import refusal
 from lib.uploads import RequestFiles, Scratch
+from lib.warmup import Warmup
+from lib.work_queue import WorkQueue
 
 from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMWebDatastore
@@ -44,6 +47,7 @@ class FewShotApp(MONAILabelApp):
         self.fewshot = FewShot()
         self.fewshot.init("fewshot", self.model_dir, conf, None, studies=studies, datastore=lambda: self.datastore())
         self.scratch: Scratch | None = None  # the server's uploads folder, made when the server starts
+        self.work: WorkQueue | None = None  # the server's inference queue (lib/work_queue.py), made when it starts
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -64,6 +68,17 @@ class FewShotApp(MONAILabelApp):
     def on_init_complete(self):
         self.scratch = Scratch()  # the server process only: tasks run in subprocesses make none
         super().on_init_complete()
+        self.fewshot.set_threads()
+        if self.fewshot.queue_size > 0:  # calls leave the event loop free
+            self.work = WorkQueue(self.fewshot.queue_size)
+            serve_inference_through(self.work)
+        if self.work is not None and self.fewshot.warm_up:  # the model loads and images encode before a call
+            warmup = Warmup(self.work, self.fewshot.model, self.fewshot.device, self.fewshot.slice_axis)
+            warmup.load_model()
+            store = self.datastore()
+            if isinstance(store, CheckedDatastore):
+                store.on_image = warmup.image
+                warmup.images([store.get_image_uri(i) for i in store.list_images()], self.fewshot.warm_images)
 
     def infer(self, request, datastore=None):
         """MONAI Label's ``infer``, for known models only (404 otherwise), reading only what the request

@@ -240,6 +240,12 @@ class CountingSegmenter:
     def encode_images_cached(self, images):
         return self.segmenter.encode_images_cached(images)
 
+    def cached_latents(self, images):
+        return self.segmenter.cached_latents(images)
+
+    def latents_of(self, images):
+        return self.segmenter.latents_of(images)
+
     def predict_scores(self, *args, **kwargs):
         if not self.reuse:
             kwargs.pop("support_latents", None)
@@ -262,11 +268,75 @@ def test_inferer_latent_reuse_equals_plain(same_volume):
     for reuse in (False, True):
         torch.manual_seed(0)
         method = CountingSegmenter(build_segmenter(preset="tiny", channels_last=False).eval(), reuse)
-        result = segment_volume(method, support, label, query, max_shots=3, same_volume=same_volume)
+        result = segment_volume(method, support, label, query, max_shots=3, same_volume=same_volume,
+                                mode="nearest")  # propagation encodes only what it walks (below)
         results[reuse] = (result.label, method.encoded)
     np.testing.assert_array_equal(results[True][0], results[False][0])
     # plain: the query (10) plus every organ's episodes' supports; ours: each slice once
     assert results[True][1] == (depth if same_volume else depth + 6) < results[False][1]
+
+
+def test_a_cached_support_image_is_not_encoded_again():
+    """Cross-patient, with the whole support image in the latent cache (warmed by the server, or
+    segmented before): only the query is encoded, and the result is the plain path's."""
+    rng = np.random.default_rng(1)
+    depth, size = 10, 64
+    query, support = (rng.uniform(-1, 1, (depth, size, size)).astype(np.float32) for _ in range(2))
+    label = np.zeros((depth, size, size), np.int32)
+    label[2:8, 10:30, 10:30] = 1
+    results = {}
+    for warm in (False, True):
+        torch.manual_seed(0)
+        method = CountingSegmenter(build_segmenter(preset="tiny", channels_last=False).eval(), reuse=True)
+        if warm:
+            method.encode_images_cached(support)
+            method.encoded = 0
+        results[warm] = (segment_volume(method, support, label, query, max_shots=3).label, method.encoded)
+    np.testing.assert_array_equal(results[True][0], results[False][0])
+    assert results[True][1] == depth < results[False][1]
+
+
+def test_slice_latents_encode_each_asked_slice_once_and_equal_the_whole_stack():
+    from scripts.network.slice_latents import LatentCache
+
+    torch.manual_seed(0)
+    segmenter = build_segmenter(preset="tiny", channels_last=False).eval()
+    images = np.random.default_rng(2).uniform(-1, 1, (9, 64, 64)).astype(np.float32)
+    whole = segmenter.encode_images(torch.as_tensor(images)[:, None])
+    cache = LatentCache(size=2)
+    lazy = cache.get(images, segmenter.encode_images)
+    torch.testing.assert_close(lazy[[4, 2]], whole[[4, 2]], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lazy[np.array([[2, 3], [4, 8]])], whole[[2, 3, 4, 8]], rtol=1e-5, atol=1e-5)
+    assert (cache.stats["hits"], cache.stats["misses"], cache.stats["slices_encoded"]) == (0, 1, 4)
+    assert cache.stats["encode_s"] > 0 and not lazy.complete
+    torch.testing.assert_close(cache.get(images.copy(), segmenter.encode_images).all(), whole, rtol=1e-5, atol=1e-5)
+    assert (cache.stats["hits"], cache.stats["misses"], cache.stats["slices_encoded"]) == (1, 1, 9) and lazy.complete
+    with pytest.raises(IndexError):
+        lazy[[9]]
+    for other in range(2):  # two other volumes push the first out
+        cache.get(images + other + 1, segmenter.encode_images)
+    assert cache.peek(images) is None and len(cache) == 2
+
+
+def test_propagation_encodes_only_the_slices_its_walks_reach():
+    """One organ on 4 of 16 slices, drawn on one: the walk encodes its slices and the one past each
+    end where it stops, not the volume; the result is that of the whole stack encoded first."""
+    rng = np.random.default_rng(3)
+    depth, size = 16, 64
+    image = rng.uniform(-1, 1, (depth, size, size)).astype(np.float32)
+    label = np.zeros((depth, size, size), np.int32)
+    label[6:10, 20:40, 20:40] = 1
+    drawn = np.where(np.arange(depth)[:, None, None] == 8, label, 0)
+    results = {}
+    for ahead in (False, True):
+        torch.manual_seed(0)
+        method = CountingSegmenter(build_segmenter(preset="tiny", channels_last=False).eval(), reuse=True)
+        if ahead:
+            method.encode_images_cached(image)
+        results[ahead] = (segment_volume(method, image, drawn, image, same_volume=True).label, method.encoded)
+    np.testing.assert_array_equal(results[False][0], results[True][0])
+    walked = int((results[False][0] > 0).any(axis=(1, 2)).sum())
+    assert walked + 1 <= results[False][1] <= walked + 2 < depth == results[True][1]
 
 
 class SliceTable:

@@ -7,6 +7,7 @@ model loads (which takes tens of seconds on a CPU) and before anything is writte
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,17 @@ import torch
 from scripts.engine.inferer import VOLUME_MODES, segment_files
 
 logger = logging.getLogger(__name__)
+_inputs_checked_at: float | None = None  # perf_counter when check_inputs ended: the model loads after it
+
+
+def seconds_since_start() -> float | None:
+    """Seconds since this process started: imports and config parsing (None where psutil is absent)."""
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except (ImportError, OSError):
+        return None
 
 
 def save_label(label: np.ndarray, query, output_dir, postfix: str = "seg") -> Path:
@@ -64,6 +76,11 @@ def check_inputs(checkpoint, support_image, support_label, query_images, slice_a
                                  query["image"])
     except ValueError as error:  # DataError is one
         raise SystemExit(f"inference: {error}") from None
+    global _inputs_checked_at
+    _inputs_checked_at = time.perf_counter()
+    started = seconds_since_start()
+    if started is not None:
+        logger.debug("start-up (python, imports, config): %.1fs", started)
 
 
 def query_dataset(query_images) -> list[dict]:
@@ -85,11 +102,23 @@ class QueryIteration:
         self.method, self.support_image, self.support_label = method, support_image, support_label
         self.output_dir, self.labels, self.max_shots = output_dir, labels, max_shots
         self.support_slices, self.slice_axis, self.volume_mode = support_slices, slice_axis, volume_mode
+        if _inputs_checked_at is not None:  # the config built the model between the check and here
+            logger.debug("model load: %.1fs", time.perf_counter() - _inputs_checked_at)
 
     def __call__(self, engine, item: dict) -> dict:
+        stats = getattr(self.method, "latent_cache_stats", None)
+        before = dict(stats or {})
+        seconds: dict[str, float] = {}
         label, query, result = segment_files(self.method, self.support_image, self.support_label, item["image"],
                                              self.labels, self.max_shots, self.support_slices, self.slice_axis,
-                                             self.volume_mode)
+                                             self.volume_mode, timings=seconds)
+        start = time.perf_counter()
         path = save_label(label, query, self.output_dir)
+        seconds["write"] = time.perf_counter() - start
         logger.info("%s -> %s (labels %s, shots %s)", item["image"], path, result.labels, result.shots_per_label)
+        encode_s = stats["encode_s"] - before.get("encode_s", 0.0) if stats is not None else 0.0
+        encoded = stats["slices_encoded"] - before.get("slices_encoded", 0) if stats is not None else 0
+        logger.debug("%s: loading %.1fs, encoding %.1fs (%d slices), network %.1fs, mapping back %.1fs, writing %.1fs",
+                     Path(item["image"]).name, seconds["load"], encode_s, encoded, seconds["segment"] - encode_s,
+                     seconds["map_back"], seconds["write"])
         return {"image": item["image"], "pred_path": str(path), "labels": result.labels}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -126,7 +127,8 @@ def segment_volume(method, support_image: np.ndarray, support_label: np.ndarray,
 def _propagated(method, label: np.ndarray, image: np.ndarray, labels: dict[str, int], max_shots: int) -> Segmentation:
     """Every organ propagated through the volume from its drawn slices, merged as in the nearest
     mode; the drawn slices stay exactly as drawn."""
-    latents = method.encode_images_cached(image) if hasattr(method, "encode_images_cached") else None
+    # encoded as the walks reach them: the slices an organ never reaches are never encoded
+    latents = method.latents_of(image) if hasattr(method, "latents_of") else None
     result = Segmentation(label=np.zeros(image.shape, np.int32), labels=dict(labels))
     scores, masks = [], []
     for name, value in labels.items():
@@ -153,7 +155,8 @@ def _shared_latents(method, support_image, query_image, same_volume, episode_set
     """(query latents, support latents of the slices used, their slice indices) through the
     method's content-keyed cache, or None for a method without one. Every support slice is encoded
     once per call (several organs and overlapping K-shot episodes share slices) and, like the query,
-    not again on a repeated call; in the same-volume case the supports are rows of the query's."""
+    not again on a repeated call; in the same-volume case, or where the support image is kept in
+    the cache, the supports are rows of its latents."""
     if not hasattr(method, "encode_images_cached"):
         return None
 
@@ -161,6 +164,10 @@ def _shared_latents(method, support_image, query_image, same_volume, episode_set
     if same_volume and (support_image is query_image or np.array_equal(support_image, query_image)):
         return query_latents, query_latents, np.arange(query_image.shape[0])
     used = np.unique(np.concatenate([e.reshape(-1) for e in episode_sets]))
+    # the support image warmed or segmented before: its slices are kept (those missing are encoded)
+    whole_support = method.cached_latents(support_image) if hasattr(method, "cached_latents") else None
+    if whole_support is not None:
+        return query_latents, whole_support[used], used
     return query_latents, method.encode_images_cached(support_image[used]), used
 
 
@@ -183,7 +190,8 @@ def _same_file(a, b) -> bool:
 
 
 def segment_files(method, support_image_path, support_label_path, query_image_path, labels=None,
-                  max_shots: int = 3, support_slices=None, slice_axis: int = 2, mode: str = "propagate"):
+                  max_shots: int = 3, support_slices=None, slice_axis: int = 2, mode: str = "propagate",
+                  timings: dict | None = None):
     """Files in (anything MONAI's LoadImage reads), label volume out on the query's original grid.
 
     Returns (label array in the query file's original shape, the query ``Volume`` (its ``meta`` has
@@ -191,9 +199,11 @@ def segment_files(method, support_image_path, support_label_path, query_image_pa
     file, however the path is spelled): the in-volume case, where the user's drawn slices are kept
     as drawn. Another query is read in the support's orientation (from both affines; ``slice_axis``
     is the support file's), so its slices meet the support's as in space, and mapped back after; a
-    query whose slices lie too far from the support's is refused (``DataError``)."""
+    query whose slices lie too far from the support's is refused (``DataError``). ``timings``, if
+    given, receives the seconds of each part: ``load``, ``segment``, ``map_back``."""
     from scripts.data.volumes import load_volume, matching_orientation, read_header, to_original_grid
 
+    start = time.perf_counter()
     same_volume = _same_file(support_image_path, query_image_path)
     support = load_volume(support_image_path, support_label_path, slice_axis=slice_axis)
     if same_volume:
@@ -202,6 +212,11 @@ def segment_files(method, support_image_path, support_label_path, query_image_pa
         codes = matching_orientation(support.meta["original_affine"], read_header(query_image_path).affine,
                                      slice_axis, str(support_image_path), str(query_image_path))
         query = load_volume(query_image_path, slice_axis=slice_axis, axcodes=codes)
+    loaded = time.perf_counter()
     result = segment_volume(method, support.image, support.label, query.image, labels, max_shots,
                             same_volume, support_slices, mode)
-    return to_original_grid(result.label, query), query, result
+    segmented = time.perf_counter()
+    label = to_original_grid(result.label, query)
+    if timings is not None:
+        timings.update(load=loaded - start, segment=segmented - loaded, map_back=time.perf_counter() - segmented)
+    return label, query, result

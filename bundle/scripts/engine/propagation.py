@@ -85,8 +85,9 @@ def _grow(mask: np.ndarray, margin: int) -> np.ndarray:
 def propagate_organ(method, image: np.ndarray, drawn: dict[int, np.ndarray], max_shots: int = 3,
                     latents=None, rule: StopRule = StopRule()) -> tuple[np.ndarray, np.ndarray]:
     """One organ of one volume: ``image`` (D, H, W), ``drawn`` {slice index: (H, W) mask} of the
-    slices the user drew (each non-empty). ``latents`` (D, C, h, w): the volume's latents, for a
-    method that takes them (the network), so nothing is encoded twice.
+    slices the user drew (each non-empty). ``latents``: the volume's latents (D, C, h, w), or
+    anything indexed like them (``SliceLatents``: each slice encoded when the walk first needs it),
+    for a method that takes them (the network), so nothing is encoded twice.
     Returns (scores (D, H, W) float32, masks (D, H, W) bool); drawn slices come back as drawn."""
     image = np.asarray(image, dtype=np.float32)
     if not drawn:

@@ -6,9 +6,6 @@ the bundle workflows and the MONAI Label task all call, and it owns the training
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
-
 import numpy as np
 import torch
 import torch.nn as nn
@@ -21,6 +18,7 @@ from .postprocess import (
     threshold_scores,
 )
 from .sdfsmis import SDFSMISNet
+from .slice_latents import LatentCache, SliceLatents
 from .speed import encode_chunk, set_memory_format
 
 
@@ -67,8 +65,7 @@ class FewShotSegmenter(nn.Module):
         self.dice_weight = dice_weight
         self.dice_sharpness = dice_sharpness
         self.query_chunk = query_chunk
-        self._latent_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._latent_cache_size = latent_cache_size
+        self.latent_cache = LatentCache(latent_cache_size)
 
     def with_net(self, net: SDFSMISNet) -> "FewShotSegmenter":
         """The same pipeline around other weights (e.g. the EMA of the trained ones)."""
@@ -76,7 +73,7 @@ class FewShotSegmenter(nn.Module):
             net, self.autoencoder, self.mask_codec, threshold=self.threshold, threshold_mode=self.threshold_mode,
             keep_largest=self.keep_largest, keep_largest_3d=self.keep_largest_3d, component_3d=self.component_3d,
             dice_weight=self.dice_weight, dice_sharpness=self.dice_sharpness, query_chunk=self.query_chunk,
-            latent_cache_size=self._latent_cache_size,
+            latent_cache_size=self.latent_cache.size,
         )
         other.config, other.unet_config = getattr(self, "config", {}), getattr(self, "unet_config", {})
         other.trained_on = getattr(self, "trained_on", None)
@@ -105,18 +102,22 @@ class FewShotSegmenter(nn.Module):
         chunk = chunk or encode_chunk(self.device)
         return torch.cat([self.autoencoder.encode(part) for part in images.split(chunk)])
 
+    @property
+    def latent_cache_stats(self) -> dict:
+        return self.latent_cache.stats
+
+    def latents_of(self, images: np.ndarray) -> SliceLatents:
+        """The latents of a stack of slices (D, H, W), kept by content, each slice encoded when first
+        indexed (``slice_latents.py``): a repeated call on the same image encodes nothing."""
+        return self.latent_cache.get(images, self.encode_images)
+
+    def cached_latents(self, images: np.ndarray) -> SliceLatents | None:
+        """The kept latents of this stack of slices, or None (nothing is encoded)."""
+        return self.latent_cache.peek(images)
+
     def encode_images_cached(self, images: np.ndarray) -> torch.Tensor:
-        """Latents of a stack of slices, cached by content: a repeated call on the same image is
-        free, and any change to the image's values makes a new key."""
-        key = hashlib.blake2b(np.ascontiguousarray(images, dtype=np.float32).tobytes(), digest_size=16).hexdigest()
-        if key in self._latent_cache:
-            self._latent_cache.move_to_end(key)
-            return self._latent_cache[key]
-        latents = self.encode_images(torch.as_tensor(images, dtype=torch.float32)[:, None])
-        self._latent_cache[key] = latents
-        while len(self._latent_cache) > self._latent_cache_size:
-            self._latent_cache.popitem(last=False)
-        return latents
+        """Latents of every slice of a stack, through the cache (``latents_of``)."""
+        return self.latents_of(images).all()
 
     @torch.no_grad()
     def encode_masks(self, masks: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,15 @@
                                      the checkpoint itself is never written (lib/served_model.py)
     --conf max_voxels 134217728      the most voxels (512^3) of any volume the app reads, image or label,
                                      judged from its header before a voxel is decompressed (413 above)
+    --conf queue_size 32             inference calls waiting or running at most (503 with Retry-After
+                                     beyond); they run one at a time while the server keeps answering
+                                     (lib/work_queue.py); 0: MONAI Label's own endpoint, which blocks
+                                     the server during each call, and no warm-up
+    --conf warm_up true|false        load the model at start and encode images in the background
+                                     before anyone asks: images added, opened or labelled (lib/warmup.py)
+    --conf warm_images 4             and that many of the datastore's images at start (the most
+                                     recently changed)
+    --conf threads 0                 torch's CPU threads (0: one per core the process may use)
 """
 
 from __future__ import annotations
@@ -119,10 +128,21 @@ class FewShot(TaskConfig):
         self.max_voxels = int(conf.get("max_voxels") or DEFAULT_MAX_VOXELS)
         self.served = ServedModel(self.path, conf.get("train_dir") or os.path.join(model_dir, name))
         self.store_result = strtobool(conf.get("store_result", "true"))
+        self.queue_size = int(conf.get("queue_size", 32))
+        self.warm_up = strtobool(conf.get("warm_up", "true"))
+        self.warm_images = int(conf.get("warm_images", 4))
+        self.threads = int(conf.get("threads", 0))
         self._model: FewShotModel | None = None
         logger.info(f"few-shot task '{name}': checkpoint {self.path} "
                     f"({'present' if os.path.exists(self.path) else 'MISSING: calls will answer 424'}), "
                     f"device {self.device}, max_shots {self.max_shots}, threshold {self.threshold}")
+
+    def set_threads(self) -> None:
+        """torch's intra-op threads: as configured, else one per core this process may run on (a
+        container's CPU set, not the host's core count)."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(self.threads if self.threads > 0 else cores)
+        logger.info(f"few-shot task: {torch.get_num_threads()} torch threads ({cores} cores usable)")
 
     @property
     def model(self) -> FewShotModel:

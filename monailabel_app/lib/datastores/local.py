@@ -22,7 +22,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 from monailabel.datastore.local import LocalDatastore
 from monailabel.datastore.utils.convert import binary_to_image
@@ -47,6 +47,13 @@ class CheckedDatastore(LocalDatastore):
     def __init__(self, *args, max_voxels: int | None = DEFAULT_MAX_VOXELS, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_voxels = max_voxels
+        self.on_image: Callable[[str], Any] | None = None  # told the path of an image opened or added (lib/warmup.py)
+
+    def get_image_uri(self, image_id: str) -> str:
+        path = super().get_image_uri(image_id)
+        if path and self.on_image is not None:
+            self.on_image(path)  # cheap: a stat, and a job queued at most once per version of the file
+        return path
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
         converted, upload = "", label_filename
@@ -72,10 +79,12 @@ class CheckedDatastore(LocalDatastore):
             if image_id:
                 plain_name(image_id, "image id")
             volume_header(image_filename, "the image", self.max_voxels, upload=True)
-            return super().add_image(image_id, image_filename, image_info)
+            stored = super().add_image(image_id, image_filename, image_info)
         except Exception:
             _remove_upload(image_filename)
             raise
+        self.get_image_uri(stored)  # a new image: warm it (on_image)
+        return stored
 
 
 def _remove_upload(path: str) -> None:

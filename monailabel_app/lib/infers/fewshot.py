@@ -643,6 +643,7 @@ class FewShotInfer(BasicInferTask):
             logger.info("few-shot: running the sd15 preset on the CPU; " + SLOW_NOTE)
         start = time.time()
         with self.model.lock:
+            cache_before = dict(getattr(segmenter, "latent_cache_stats", {}))
             saved = segmenter.threshold, segmenter.threshold_mode
             try:
                 if threshold is not None:
@@ -655,6 +656,8 @@ class FewShotInfer(BasicInferTask):
                     mode=volume_mode,
                 )
                 used_threshold, used_mode = segmenter.threshold, segmenter.threshold_mode
+                cache = {key: round(value - cache_before[key], 3)
+                         for key, value in getattr(segmenter, "latent_cache_stats", {}).items()}
             except (SupportError, DataError, EmptySupportError) as error:
                 raise http_error(422, str(error)) from None
             finally:
@@ -681,6 +684,8 @@ class FewShotInfer(BasicInferTask):
             "volume_mode": volume_mode if same_volume else None,
             "preset": segmenter.config.get("preset"), "device": str(device),
             "seconds": round(time.time() - start, 3),
+            # volumes whose latents were kept (warmed or used before) or new, slices encoded, seconds it took
+            "latent_cache": cache,
         }
         found = label.any() if not drawn else bool(np.delete(slices_first(label, self.slice_axis), drawn, axis=0).any())
         if float(np.ptp(query.image)) == 0.0:
