@@ -77,8 +77,8 @@ class FewShotApp(MONAILabelApp):
             warmup.load_model()
             store = self.datastore()
             if isinstance(store, CheckedDatastore):
-                store.on_image = warmup.image
                 warmup.images([store.get_image_uri(i) for i in store.list_images()], self.fewshot.warm_images)
+                store.on_image = warmup.image  # from now on, an image opened, added or labelled
 
     def infer(self, request, datastore=None):
         """MONAI Label's ``infer``, for known models only (404 otherwise), reading only what the request

@@ -11,6 +11,7 @@ a call takes seconds on 2 cores, as in use) and 256x256x40 phantoms:
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +48,7 @@ def site(tmp_path_factory):
     from scripts.network.presets import build_segmenter, save_checkpoint_file
 
     root = tmp_path_factory.mktemp("queue")
-    phantoms = write_phantom_dataset(root / "phantoms", n_volumes=2, size=256, depth=40, seed=0)
+    phantoms = write_phantom_dataset(root / "phantoms", n_volumes=3, size=256, depth=40, seed=0)
     checkpoint = root / "compact.pt"
     save_checkpoint_file(build_segmenter(preset="compact"), checkpoint)
     return root, phantoms, checkpoint
@@ -57,8 +58,10 @@ def _server(site, name: str, conf: dict) -> MonaiLabelServer:
     root, phantoms, checkpoint = site
     studies = root / name / "studies"
     studies.mkdir(parents=True)
-    for pid in (1, 2):
-        (studies / f"image_{pid}.nii.gz").write_bytes((phantoms / f"image_{pid}.nii.gz").read_bytes())
+    for age, pid in enumerate((2, 1, 3)):  # image_2 the most recently changed, image_3 the oldest
+        image = studies / f"image_{pid}.nii.gz"
+        image.write_bytes((phantoms / f"image_{pid}.nii.gz").read_bytes())
+        os.utime(image, (time.time() - 3600 * age, time.time() - 3600 * age))
     server = MonaiLabelServer(str(studies), root / name, {"checkpoint": str(checkpoint), "labels": "phantom", **conf})
     server.start()
     label = _drawn_liver(phantoms, 1, root / name / "liver_1.nii.gz")
@@ -101,7 +104,7 @@ def _wait_for_log(server: MonaiLabelServer, pattern: str, timeout_s: float = 180
 
 
 def test_the_first_call_finds_the_image_encoded(busy, narrow, tmp_path):
-    _wait_for_log(busy, r"warm-up: image_1\.nii\.gz encoded")  # the most recent image, at start
+    _wait_for_log(busy, r"warm-up: image_1\.nii\.gz encoded")  # its label was saved
     warm = _result(_fewshot(busy), tmp_path)
     assert {k: warm["latent_cache"][k] for k in ("hits", "misses", "slices_encoded")} == \
         {"hits": 1, "misses": 0, "slices_encoded": 0}
@@ -109,10 +112,13 @@ def test_the_first_call_finds_the_image_encoded(busy, narrow, tmp_path):
     assert cold["latent_cache"]["misses"] == 1
     assert 0 < cold["latent_cache"]["slices_encoded"] < 40  # only the slices the liver's walk reached
 
-    # a viewer opening an image warms it too
-    assert requests.get(f"{busy.url}/datastore/image", params={"image": "image_2"}, timeout=60).status_code == 200
+    # at start, only the most recently changed image (warm_images 1), untouched by anyone: image_2
     _wait_for_log(busy, r"warm-up: image_2\.nii\.gz encoded")
-    other = _result(_fewshot(busy, "image_2", {"support_image": "image_1"}), tmp_path)
+    assert not re.search(r"warm-up: image_3", busy.log.read_text())
+    # a viewer opening an image warms it
+    assert requests.get(f"{busy.url}/datastore/image", params={"image": "image_3"}, timeout=60).status_code == 200
+    _wait_for_log(busy, r"warm-up: image_3\.nii\.gz encoded")
+    other = _result(_fewshot(busy, "image_3", {"support_image": "image_1"}), tmp_path)
     assert other["latent_cache"]["misses"] == 0 and other["latent_cache"]["slices_encoded"] == 0
 
 
