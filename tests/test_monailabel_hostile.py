@@ -61,8 +61,16 @@ class Site:
         nib.save(nib.Nifti1Image(np.asarray(array), reference.affine if affine is None else affine), path)
         return path
 
-    def datastore_state(self) -> dict[str, str]:
-        """Every file of the datastore folder and its content digest (the task's own records aside)."""
+    def datastore_state(self, quiet_s: float = 1.0) -> dict[str, str]:
+        """Every file of the datastore folder and its content digest (the task's own records aside),
+        once the folder has not changed for ``quiet_s``: MONAI Label's file watcher rewrites its
+        datastore file a moment after a label is stored or removed (an earlier test's, not this one's)."""
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            newest = max((p.stat().st_mtime for p in self.studies.rglob("*") if p.is_file()), default=0.0)
+            if time.time() - newest >= quiet_s:
+                break
+            time.sleep(0.2)
         return {str(p.relative_to(self.studies)): hashlib.sha1(p.read_bytes()).hexdigest()
                 for p in sorted(self.studies.rglob("*")) if p.is_file() and ".fewshot" not in p.parts
                 and p.name != ".lock"}
