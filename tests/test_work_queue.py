@@ -85,3 +85,20 @@ def test_a_failing_job_fails_its_own_future_and_the_worker_goes_on():
     with pytest.raises(ValueError, match="bad volume"):
         work.submit(fail).result(10)
     assert work.submit(lambda: 42).result(10) == 42
+
+
+def test_a_running_job_can_queue_its_own_key_to_go_on_later():
+    work = WorkQueue(capacity=2)
+    ran: list[int] = []
+
+    def step(n: int):
+        ran.append(n)
+        if n < 3:
+            assert work.submit_background("warm", step, n + 1, priority=2) is not None
+
+    work.submit_background("warm", step, 1, priority=2)
+    deadline = time.time() + 10
+    while not work.idle():
+        assert time.time() < deadline
+        time.sleep(0.01)
+    assert ran == [1, 2, 3]

@@ -44,15 +44,11 @@ class WorkQueue:
         self._order = itertools.count()
         self._lock = threading.Lock()
         self._calls = 0  # calls waiting or running
-        self._background: dict[Hashable, int] = {}  # keys of background jobs waiting or running: their priority
+        self._background: dict[Hashable, int] = {}  # keys of background jobs waiting: their priority
         self._background_jobs = 0  # background jobs waiting or running (a key may be queued twice)
         self._call_seconds = 5.0  # running mean of a call's duration, for the retry hint
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
-
-    @property
-    def calls(self) -> int:
-        return self._calls
 
     def submit(self, fn: Callable[..., Any], *args, **kwargs) -> Future:
         """Queue a client's call; its future gives the result. Raises ``QueueFull`` at capacity."""
@@ -67,8 +63,9 @@ class WorkQueue:
     def submit_background(self, key: Hashable, fn: Callable[..., Any], *args, priority: int = 1,
                           **kwargs) -> Future | None:
         """Queue background work under ``key`` at ``priority`` (>= 1; lower runs first). None if a
-        job with that key already waits or runs at that priority or a more urgent one; a more urgent
-        submission queues the job again (``fn`` should then find its work done and return)."""
+        job with that key already waits at that priority or a more urgent one; a more urgent
+        submission queues the job again (``fn`` should then find its work done and return). A job
+        that runs may queue its own key again (to go on later)."""
         if priority < 1:
             raise ValueError(f"a background job's priority must be at least 1, got {priority}")
         with self._lock:
@@ -95,6 +92,10 @@ class WorkQueue:
     def _work(self) -> None:
         while True:
             priority, _, fn, args, kwargs, future, key = self._jobs.get()
+            if priority != CALL:
+                with self._lock:
+                    if self._background.get(key) == priority:  # the most urgent queued of its key
+                        del self._background[key]
             start = time.perf_counter()
             try:
                 if future.set_running_or_notify_cancel():
@@ -111,5 +112,3 @@ class WorkQueue:
                         self._call_seconds = 0.8 * self._call_seconds + 0.2 * (time.perf_counter() - start)
                     else:
                         self._background_jobs -= 1
-                        if self._background.get(key) == priority:  # the most urgent queued of its key
-                            del self._background[key]

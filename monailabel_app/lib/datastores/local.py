@@ -47,7 +47,7 @@ class CheckedDatastore(LocalDatastore):
     def __init__(self, *args, max_voxels: int | None = DEFAULT_MAX_VOXELS, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_voxels = max_voxels
-        self.on_image: Callable[[str], Any] | None = None  # told the path of an image opened or added (lib/warmup.py)
+        self.on_image: Callable[[str], Any] | None = None  # told each image opened, added or labelled (lib/warmup.py)
 
     def get_image_uri(self, image_id: str) -> str:
         path = super().get_image_uri(image_id)
