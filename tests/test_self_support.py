@@ -42,3 +42,17 @@ def test_slices_the_first_pass_leaves_empty_keep_its_scores():
     np.testing.assert_array_equal(wrapped.predict_scores(images, masks, queries, episode),
                                   method.predict_scores(images, masks, queries, episode))
     assert wrapped.name == "sdfsmis+self-support" and wrapped.threshold == 10.0
+
+
+def test_the_evaluator_reads_twice_on_request(tmp_path):
+    import pytest
+
+    from scripts.engine.evaluation import build_method
+    from scripts.network.presets import save_checkpoint_file
+
+    checkpoint = tmp_path / "tiny.pt"
+    save_checkpoint_file(build_segmenter(preset="tiny"), checkpoint)
+    assert isinstance(build_method("sdfsmis", checkpoint, self_support=True), SelfSupport)
+    assert not isinstance(build_method("sdfsmis", checkpoint), SelfSupport)
+    with pytest.raises(ValueError, match="baseline"):
+        build_method("registration", self_support=True)

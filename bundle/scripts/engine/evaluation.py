@@ -19,14 +19,19 @@ METHODS = ("sdfsmis", "support_copy", "registration", "contour_interpolation")
 logger = logging.getLogger(__name__)
 
 
-def build_method(name: str, checkpoint=None, device="cpu", **overrides):
-    """The method to evaluate: the network from its checkpoint, or a baseline."""
+def build_method(name: str, checkpoint=None, device="cpu", self_support: bool = False, **overrides):
+    """The method to evaluate: the network from its checkpoint (``self_support``: read each query
+    twice, the second time with its own first answer as a shot: ``self_support.py``), or a baseline."""
     if name == "sdfsmis":
+        from scripts.engine.self_support import SelfSupport
         from scripts.network.presets import build_segmenter
 
         if checkpoint is None:
             raise ValueError("evaluating sdfsmis needs a checkpoint (train first, or set checkpoint)")
-        return build_segmenter(checkpoint=checkpoint, device=device, **overrides)
+        segmenter = build_segmenter(checkpoint=checkpoint, device=device, **overrides)
+        return SelfSupport(segmenter) if self_support else segmenter
+    if self_support:
+        raise ValueError(f"self_support is a reading of the network, not of the '{name}' baseline")
     if name == "support_copy":
         from scripts.baselines.support_copy import SupportCopy
 
