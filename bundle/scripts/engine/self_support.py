@@ -2,9 +2,9 @@
 
 Where the support and the query differ in appearance (another patient, another scanner), the drawn
 support is a poor guide for the query's own intensities. After a first pass, each query slice whose
-mask is not empty is segmented again from K+1 shots: the support slices of its episode and the
-query slice itself with its first-pass mask (self-support prototypes, as in SSP, ECCV 2022, made the
-network's own K-shot path here). Slices the first pass leaves empty keep its scores. Twice the
+mask has at least ``min_area`` pixels is segmented again from K+1 shots: the support slices of its
+episode and the query slice itself with its first-pass mask (self-support prototypes, as in SSP,
+ECCV 2022, made the network's own K-shot path here). Other slices keep the first scores. Twice the
 network's cost per query slice; no encoding is repeated (the latents are shared by both passes).
 
 ``SelfSupport(method)`` is a method like any other (``predict_scores`` / ``binarize``), so the
