@@ -64,10 +64,15 @@ def _server(site, name: str, conf: dict) -> MonaiLabelServer:
         os.utime(image, (time.time() - 3600 * age, time.time() - 3600 * age))
     server = MonaiLabelServer(str(studies), root / name, {"checkpoint": str(checkpoint), "labels": "phantom", **conf})
     server.start()
-    label = _drawn_liver(phantoms, 1, root / name / "liver_1.nii.gz")
-    response = requests.put(f"{server.url}/datastore/label", params={"image": "image_1", "tag": "final"},
-                            files={"label": (label.name, label.read_bytes(), "application/octet-stream")}, timeout=60)
-    assert response.status_code == 200, response.text
+    try:
+        label = _drawn_liver(phantoms, 1, root / name / "liver_1.nii.gz")
+        response = requests.put(f"{server.url}/datastore/label", params={"image": "image_1", "tag": "final"},
+                                files={"label": (label.name, label.read_bytes(), "application/octet-stream")},
+                                timeout=60)
+        assert response.status_code == 200, response.text
+    except BaseException:
+        server.stop()
+        raise
     return server
 
 
