@@ -54,5 +54,9 @@ def test_the_evaluator_reads_twice_on_request(tmp_path):
     save_checkpoint_file(build_segmenter(preset="tiny"), checkpoint)
     assert isinstance(build_method("sdfsmis", checkpoint, self_support=True), SelfSupport)
     assert not isinstance(build_method("sdfsmis", checkpoint), SelfSupport)
+    assert not isinstance(build_method("sdfsmis", checkpoint, self_support="false"), SelfSupport)  # the CLI's
+    assert isinstance(build_method("sdfsmis", checkpoint, self_support="True"), SelfSupport)
+    with pytest.raises(ValueError, match="true or false"):
+        build_method("sdfsmis", checkpoint, self_support="yes please")
     with pytest.raises(ValueError, match="baseline"):
         build_method("registration", self_support=True)

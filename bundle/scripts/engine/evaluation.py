@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 def build_method(name: str, checkpoint=None, device="cpu", self_support: bool = False, **overrides):
     """The method to evaluate: the network from its checkpoint (``self_support``: read each query
     twice, the second time with its own first answer as a shot: ``self_support.py``), or a baseline."""
+    if isinstance(self_support, str):  # the command line passes `false` as a (truthy) string
+        if self_support.strip().lower() not in ("true", "false"):
+            raise ValueError(f"self_support must be true or false, got {self_support!r}")
+        self_support = self_support.strip().lower() == "true"
     if name == "sdfsmis":
         from scripts.engine.self_support import SelfSupport
         from scripts.network.presets import build_segmenter
