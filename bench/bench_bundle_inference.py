@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from quiet import paused, pids_from  # noqa: E402
+from result_file import publish  # noqa: E402  (bench/, the script's own folder)
 
 SAMPLE = REPO / "bundle" / "sample" / "chaost2"
 PARTS = ("start-up", "model load", "loading", "encoding", "network", "mapping back", "writing")
@@ -105,10 +106,7 @@ def main(argv=None) -> str:
         *rows,
         "",
     ])
-    print(text)
-    out = Path(args.out) / f"bundle_inference_{today}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    publish(text, args.out, "bundle_inference")
     return text
 
 

@@ -38,6 +38,7 @@ from scripts.data.volumes import load_volume  # noqa: E402
 from scripts.engine.inferer import segment_volume  # noqa: E402
 from scripts.engine.propagation import clear_memo  # noqa: E402
 from scripts.network.presets import build_segmenter  # noqa: E402
+from result_file import publish  # noqa: E402  (bench/, the script's own folder)
 
 SAMPLE = REPO / "bundle" / "sample" / "chaost2"
 WHOLE = "first call, every slice encoded first (before: the walk now encodes the slices it reaches)"
@@ -115,10 +116,7 @@ def main(argv=None) -> str:
         *rows,
         "",
     ])
-    print(text)
-    out = Path(args.out) / f"propagation_{datetime.date.today().isoformat()}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    publish(text, args.out, "propagation")
     return text
 
 

@@ -48,6 +48,7 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "bench")]
 
 from monailabel_server import MonaiLabelServer  # noqa: E402
 from quiet import paused, pids_from  # noqa: E402
+from result_file import publish  # noqa: E402  (bench/, the script's own folder)
 
 SAMPLE = REPO / "bundle" / "sample" / "chaost2"
 ORGANS = {"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4}
@@ -276,10 +277,7 @@ def main(argv=None) -> str:
         *table(results, args.concurrent),
         "",
     ])
-    print(text)
-    out = Path(args.out) / f"server_{today}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    publish(text, args.out, "server")
     return text
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bundle"))
+from result_file import publish  # noqa: E402  (bench/, the script's own folder)
 
 IOUS = (0.0, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
 SCORE_RATIOS = (0.0, 0.8, 0.85, 0.88, 0.9, 0.92, 0.95)
@@ -144,10 +145,7 @@ def main(argv=None) -> str:
                              if w["k"] == k])) for k in ks]
     text += "\nOracle (stop at the first slice without ground truth): " + ", ".join(
         f"k = {k}: {v:.1f}" for k, v in zip(ks, oracle)) + "\n"
-    print(text)
-    out = Path(args.out) / f"stop_rule_{datetime.date.today().isoformat()}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    publish(text, args.out, "stop_rule")
     return text
 
 

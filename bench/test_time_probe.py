@@ -26,6 +26,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bundle"))
+from result_file import publish  # noqa: E402  (bench/, the script's own folder)
 
 
 def main(argv=None) -> str:
@@ -77,10 +78,7 @@ def main(argv=None) -> str:
         "only the first run of a model pays for encoding (seconds are comparable between the later rows).", "",
         *rows, "",
     ])
-    print(text)
-    out = Path(args.out) / f"test_time_{datetime.date.today().isoformat()}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    publish(text, args.out, "test_time")
     return text
 
 
