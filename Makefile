@@ -121,4 +121,4 @@ zoo-package: setup
 	cd bundle && $(PY) -m scripts.zoo.package --out $(CURDIR)/dist
 
 clean:
-	rm -rf $(VENV) .cache .data bundle/runs
+	rm -rf $(VENV) .cache .data bundle/runs bundle/.cache

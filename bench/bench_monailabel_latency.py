@@ -37,7 +37,8 @@ def prepare_call(work: Path, depth: int = 40, organs: int = 1, size: int = 256, 
 
     import lib  # noqa: F401  (bundle/ on sys.path)
     from scripts.data.phantoms import write_phantom_dataset
-    from scripts.network.presets import build_segmenter, save_checkpoint_file
+    from scripts.network.model_file import save_checkpoint_file
+    from scripts.network.presets import build_segmenter
 
     work = Path(work)
     image = work / "data" / "image_1.nii.gz"

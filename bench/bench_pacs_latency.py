@@ -80,7 +80,8 @@ def main() -> None:
     from lib.datastores.series import write_series
     from monailabel_server import MonaiLabelServer
     from scripts.data.phantoms import write_phantom_dataset
-    from scripts.network.presets import build_segmenter, save_checkpoint_file
+    from scripts.network.model_file import save_checkpoint_file
+    from scripts.network.presets import build_segmenter
 
     if orthanc.missing():
         sys.exit(f"cannot run: {orthanc.missing()}")

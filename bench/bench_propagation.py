@@ -107,7 +107,7 @@ def main(argv=None) -> str:
         f"# In-volume modes: propagation against nearest support ({datetime.date.today().isoformat()})",
         "",
         f"`bench/bench_propagation.py --repeats {args.repeats} --depth {args.depth} --threads {args.threads}`; "
-        f"{Path(args.checkpoint).name} ({method.config.get('preset')}, {method.config.get('autoencoder')}), "
+        f"{Path(args.checkpoint).name} ({method.config.preset}, {method.config.autoencoder}), "
         f"sample patient A stacked to {image.shape[0]} slices of {image.shape[1]}x{image.shape[2]}; the liver drawn "
         "on its middle slice (\"another organ\": the spleen added, the liver's result reused); "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "

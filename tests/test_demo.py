@@ -78,7 +78,7 @@ def test_outputs_are_on_the_query_grids_and_the_overlay_is_drawn(demo):
 
 
 def test_it_says_whether_the_model_saw_the_sample_patients(demo):
-    from scripts.network.presets import load_checkpoint_file
+    from scripts.network.model_file import load_checkpoint_file
 
     result, printed, _ = demo
     trained_on = load_checkpoint_file(REPO / "bundle" / "models" / "model.pt").get("trained_on")

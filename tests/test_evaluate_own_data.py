@@ -30,11 +30,12 @@ def legacy_checkpoint(tmp_path_factory):
     `weights/taef2`, a folder a clone does not have (the weights ship in models/taef2)."""
     import torch
 
-    from scripts.network.presets import build_segmenter, save_checkpoint_file
+    from scripts.network.model_file import save_checkpoint_file
+    from scripts.network.presets import build_segmenter
 
     torch.manual_seed(0)
     segmenter = build_segmenter(preset="tiny", autoencoder="taef2")
-    segmenter.config["autoencoder_path"] = "weights/taef2"
+    segmenter.config = segmenter.config.replace(autoencoder_path="weights/taef2")
     path = tmp_path_factory.mktemp("elsewhere") / "model.pt"
     save_checkpoint_file(segmenter, path)
     return path
@@ -59,7 +60,7 @@ def evaluate(checkpoint, data, tmp_path, **overrides):
 def test_a_checkpoint_from_elsewhere_on_own_data_scores_every_fold(legacy_checkpoint, own_data, tmp_path, capfd):
     workflow = evaluate(legacy_checkpoint, own_data, tmp_path)  # label_source stays "both": no supervoxels read
     method = workflow.parser.get_parsed_content("network_def")
-    assert method.config["autoencoder"] == "taef2" and method.autoencoder.latent_channels == 32
+    assert method.config.autoencoder == "taef2" and method.autoencoder.latent_channels == 32
     with open(tmp_path / "eval" / "ep1" / "cases.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted({int(r["fold"]) for r in rows}) == [0, 1, 2, 3, 4]  # not fold 0 alone

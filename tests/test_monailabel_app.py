@@ -94,7 +94,8 @@ def _assert_geometry(result: nib.Nifti1Image, image: nib.Nifti1Image):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from scripts.data.phantoms import write_phantom_dataset
-    from scripts.network.presets import build_segmenter, save_checkpoint_file
+    from scripts.network.model_file import save_checkpoint_file
+    from scripts.network.presets import build_segmenter
 
     tmp = tmp_path_factory.mktemp("monailabel")
     phantoms = write_phantom_dataset(tmp / "phantoms", n_volumes=4, size=64, depth=10, seed=0)
@@ -332,7 +333,8 @@ def test_conf_post_processing_keys_reach_the_segmenter(tmp_path):
     the one on the labelled slices; unset, the checkpoint's own settings (on, support) hold."""
     sys.path.insert(0, str(APP))
     from lib.configs.fewshot import FewShot
-    from scripts.network.presets import build_segmenter, save_checkpoint_file
+    from scripts.network.model_file import save_checkpoint_file
+    from scripts.network.presets import build_segmenter
 
     checkpoint = tmp_path / "tiny.pt"
     save_checkpoint_file(build_segmenter(preset="tiny"), checkpoint)

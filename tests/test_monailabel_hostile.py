@@ -92,7 +92,8 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     from scripts.data.phantoms import write_phantom_dataset
-    from scripts.network.presets import build_segmenter, save_checkpoint_file
+    from scripts.network.model_file import save_checkpoint_file
+    from scripts.network.presets import build_segmenter
 
     root = tmp_path_factory.mktemp("hostile")
     phantoms = write_phantom_dataset(root / "phantoms", n_volumes=4, size=64, depth=10, seed=0)

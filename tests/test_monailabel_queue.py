@@ -45,7 +45,8 @@ def _drawn_liver(phantoms: Path, pid: int, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     from scripts.data.phantoms import write_phantom_dataset
-    from scripts.network.presets import build_segmenter, save_checkpoint_file
+    from scripts.network.model_file import save_checkpoint_file
+    from scripts.network.presets import build_segmenter
 
     root = tmp_path_factory.mktemp("queue")
     phantoms = write_phantom_dataset(root / "phantoms", n_volumes=3, size=256, depth=40, seed=0)

@@ -31,7 +31,8 @@ def test_fine_tuning_from_the_datastore(tmp_path, monkeypatch):
     from lib.trainers.fewshot import FewShotTrain
     from monailabel.datastore.local import LocalDatastore
     from scripts.data.phantoms import write_phantom_dataset
-    from scripts.network.presets import build_segmenter, load_checkpoint_file, save_checkpoint_file
+    from scripts.network.model_file import load_checkpoint_file, save_checkpoint_file
+    from scripts.network.presets import build_segmenter
 
     phantoms = write_phantom_dataset(tmp_path / "phantoms", n_volumes=3, size=64, depth=12, seed=1)
     studies = tmp_path / "studies"
@@ -106,7 +107,8 @@ def _copying_train(tmp_path, scores: dict[str, float]):
 
 
 def _tiny_checkpoint(path: Path) -> Path:
-    from scripts.network.presets import build_segmenter, save_checkpoint_file
+    from scripts.network.model_file import save_checkpoint_file
+    from scripts.network.presets import build_segmenter
 
     save_checkpoint_file(build_segmenter(preset="tiny"), path)
     return path

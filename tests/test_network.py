@@ -10,7 +10,9 @@ from scripts.network.autoencoders import WeightsError, build_autoencoder
 from scripts.network.one_step import make_one_step_scheduler, mask_latent_from_output, training_target
 from scripts.network.pipeline import EmptySupportError
 from scripts.network.postprocess import keep_largest_component_3d, keep_support_component_3d
-from scripts.network.presets import build_segmenter, load_checkpoint_file, save_checkpoint_file
+from scripts.network.model_config import ModelConfig
+from scripts.network.model_file import load_checkpoint_file, save_checkpoint_file
+from scripts.network.presets import build_segmenter
 from scripts.network.qe import QueryEnhancement
 from shared_paths import shared_path
 
@@ -68,6 +70,29 @@ def test_query_episode_routes_each_query_to_its_support(tiny):
         first = tiny(s_lat[1:], support_mask[1:], q_lat[:1])
         second = tiny(s_lat[:1], support_mask[:1], q_lat[1:])
     torch.testing.assert_close(routed, torch.cat([first, second]), rtol=1e-4, atol=1e-5)
+
+
+def test_one_support_pass_serves_every_query_chunk(tiny, monkeypatch):
+    """predict_scores runs the supports once however many chunks the queries take, and gives what
+    the full forward gives chunk by chunk; the bank refuses a read that names no episodes."""
+    support_image, support_mask, query_image = make_inputs(2, 2, 5, seed=4)
+    episode = np.array([0, 1, 1, 0, 1])
+    passes = []
+    support_pass = tiny.net.support_pass
+    monkeypatch.setattr(tiny.net, "support_pass", lambda *a, **k: passes.append(1) or support_pass(*a, **k))
+    monkeypatch.setattr(tiny, "query_chunk", 2)  # 5 queries: 3 chunks
+    supports = support_image[:, 0].reshape(2, 2, SIZE, SIZE).numpy()
+    masks = support_mask[:, 0].reshape(2, 2, SIZE, SIZE).numpy()
+    scores = tiny.predict_scores(supports, masks, query_image[:, 0].numpy(), episode)
+    assert len(passes) == 1
+    with torch.no_grad():
+        velocity = tiny(tiny.encode_images(support_image), support_mask, tiny.encode_images(query_image),
+                        torch.as_tensor(episode), shots=2)
+        expected = tiny.decode_scores(velocity, tiny.encode_images(query_image))[:, 0].numpy()
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5)
+    memory = support_pass(tiny.encode_images(support_image), tiny.encode_masks(support_mask), support_mask, 2)
+    with pytest.raises(RuntimeError, match="for_queries"):
+        memory.bank.support_for_queries(next(iter(memory.bank.entries)), 5)
 
 
 def test_query_enhancement_averages_the_query_pixels_that_look_like_the_support_foreground():
@@ -203,8 +228,11 @@ def test_support_rule_keeps_the_component_on_the_support_not_the_larger_look_ali
         keep_support_component_3d(scores > 0, np.zeros((1, 40, 40)))
     with pytest.raises(ValueError, match="slice shape"):
         keep_support_component_3d(scores > 0, np.ones((1, 20, 20)))
+    with pytest.raises(ValueError, match="component_3d"):  # the config refuses it, set or built
+        segmenter.component_3d = "nearest"
     with pytest.raises(ValueError, match="component_3d"):
-        type(tiny)(tiny.net, tiny.autoencoder, tiny.mask_codec, component_3d="nearest")
+        ModelConfig(component_3d="nearest")
+    assert segmenter.component_3d == "support"
 
 
 def test_checkpoint_round_trip_and_mismatch(tmp_path, tiny):

@@ -103,7 +103,8 @@ def _same_geometry(image, grid):
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory):
     from scripts.data.phantoms import write_phantom_dataset
-    from scripts.network.presets import build_segmenter, save_checkpoint_file
+    from scripts.network.model_file import save_checkpoint_file
+    from scripts.network.presets import build_segmenter
 
     tmp = tmp_path_factory.mktemp("pacs")
     server_pacs = orthanc.Orthanc(tmp / "orthanc").start()

@@ -48,7 +48,7 @@ def test_the_evaluator_reads_twice_on_request(tmp_path):
     import pytest
 
     from scripts.engine.evaluation import build_method
-    from scripts.network.presets import save_checkpoint_file
+    from scripts.network.model_file import save_checkpoint_file
 
     checkpoint = tmp_path / "tiny.pt"
     save_checkpoint_file(build_segmenter(preset="tiny"), checkpoint)

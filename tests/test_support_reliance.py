@@ -7,7 +7,8 @@ from scripts.data.latent_cache import LatentCache
 from scripts.data.phantoms import phantom_volumes
 from scripts.engine.support_reliance import main, rolled_support, support_reliance
 from scripts.engine.training import EpisodeIteration, collate_episodes
-from scripts.network.presets import build_segmenter, save_checkpoint_file
+from scripts.network.model_file import save_checkpoint_file
+from scripts.network.presets import build_segmenter
 
 
 def _batches(segmenter, shots=1):

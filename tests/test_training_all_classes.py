@@ -180,7 +180,8 @@ def test_bundle_trains_on_every_patient_class_and_dataset(tmp_path):
     """One real `python -m monai.bundle run training` with fold null, test_labels [] and an extra
     dataset: it finishes, writes model.pt saying what it was trained on, and caches both datasets."""
     out, proc = _train(tmp_path)
-    from scripts.network.presets import build_segmenter, load_checkpoint_file
+    from scripts.network.model_file import load_checkpoint_file
+    from scripts.network.presets import build_segmenter
 
     stored = load_checkpoint_file(out / "model.pt")
     assert stored["trained_on"] == {
@@ -195,7 +196,7 @@ def test_bundle_trains_on_every_patient_class_and_dataset(tmp_path):
     assert "val_mean_dice" in proc.stdout + proc.stderr
     # the record survives a re-save (export, threshold) through build_segmenter
     resaved = tmp_path / "resaved.pt"
-    from scripts.network.presets import save_checkpoint_file
+    from scripts.network.model_file import save_checkpoint_file
 
     save_checkpoint_file(build_segmenter(checkpoint=out / "model.pt"), resaved, half=True)
     assert load_checkpoint_file(resaved)["trained_on"] == stored["trained_on"]
@@ -204,7 +205,7 @@ def test_bundle_trains_on_every_patient_class_and_dataset(tmp_path):
 def test_bundle_trains_supervoxels_beside_another_datasets_ground_truth(tmp_path):
     """The cmr_abdominal_gt recipe through the real workflow: every main class a test class
     (supervoxel episodes), the extra dataset's ground truth (its own label_source), half each."""
-    from scripts.network.presets import load_checkpoint_file
+    from scripts.network.model_file import load_checkpoint_file
 
     out, _ = _train(tmp_path, extra_keys={"label_source": "gt"}, label_source="supervoxel", mixture_weights=[1, 1],
                     test_labels=["liver", "right_kidney", "left_kidney", "spleen"])

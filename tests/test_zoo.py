@@ -76,13 +76,22 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    """A `tiny` pixel-unshuffle network (random weights) in the shipped checkpoint format."""
-    from scripts.network.presets import build_segmenter, save_checkpoint_file
+    """A `tiny` pixel-unshuffle network (random weights) in the shipped model's form: the state dict
+    of network_def, its card beside it."""
+    from scripts.network.model_file import save_zoo_model
+    from scripts.network.presets import build_segmenter
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny") / "model.pt"
-    save_checkpoint_file(build_segmenter(preset="tiny"), path)
+    save_zoo_model(build_segmenter(preset="tiny"), path, half=False)
     return path
+
+
+def model_block(checkpoint: Path) -> dict:
+    """inference.yaml's `model` for a model file: its card's config (as `--model %<card>#config`)."""
+    from scripts.network.model_file import card_path
+
+    return json.loads(card_path(checkpoint).read_text())["config"]
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +137,8 @@ def test_large_files_list_every_weight_the_zip_leaves_out_with_a_sha256():
     import yaml
 
     from scripts.network.autoencoders import TAE_FORMATS
-    from scripts.network.presets import default_weights_path, load_checkpoint_file, resolve_weights_path
+    from scripts.network.model_file import load_checkpoint_file
+    from scripts.network.presets import default_weights_path, resolve_weights_path
 
     listed = yaml.safe_load((BUNDLE / "large_files.yml").read_text())
     entries = {entry["path"]: entry for entry in listed["large_files"]}
@@ -225,7 +235,8 @@ def test_every_workflow_has_the_properties_monai_expects(configs, workflow_type,
             monkeypatch.setenv(key, value)
     if INFERENCE in configs:
         args = dict(support_image=str(phantoms / "image_1.nii.gz"), support_label=str(phantoms / "label_1.nii.gz"),
-                    query_images=[str(phantoms / "image_2.nii.gz")], output_dir=str(tmp_path))
+                    query_images=[str(phantoms / "image_2.nii.gz")], output_dir=str(tmp_path),
+                    model=model_block(tiny_checkpoint))
     else:
         args = dict(dataset="phantom", dataset_dir=str(phantoms), preset="tiny", steps=4, steps_per_epoch=2,
                     batch_size=2, val_queries=1, run_name="t", output_dir=str(tmp_path),
@@ -243,7 +254,7 @@ def test_network_def_matches_network_data_format(tiny_checkpoint):
     from monai.bundle import verify_net_in_out
 
     args = dict(net_id="network_def", meta_file=META, config_file=INFERENCE, device="cpu",
-                bundle_root=str(BUNDLE), checkpoint=str(tiny_checkpoint))
+                bundle_root=str(BUNDLE), checkpoint=str(tiny_checkpoint), model=model_block(tiny_checkpoint))
     verify_net_in_out(**args)
     with pytest.raises(ValueError, match="output channel number"):  # the check bites where they disagree
         verify_net_in_out(**args, **{"_meta_#network_data_format#outputs#pred#num_channels": 2})
@@ -263,12 +274,15 @@ def test_ckpt_export_traces_a_torchscript_model_that_matches_eager(which, tiny_c
     from monai.bundle import ConfigParser, ckpt_export
     from monai.data import load_net_with_metadata
 
+    # models/model.pt: compact + TAEF2 as inference.yaml's `model` says, read from the committed
+    # models/taef2; the export is the zoo CI's call, at its defaults (no key_in_ckpt: a bare state dict)
     overrides = dict(bundle_root=str(BUNDLE), device="cpu")
-    # models/model.pt: compact + TAEF2, read from the committed models/taef2 with no path given
     checkpoint = tiny_checkpoint if which == "tiny" else BUNDLE / "models" / "model.pt"
+    if which == "tiny":
+        overrides["model"] = model_block(tiny_checkpoint)
     exported = tmp_path / "model.ts"
     ckpt_export(net_id="network_def", filepath=str(exported), ckpt_file=str(checkpoint), meta_file=META,
-                config_file=INFERENCE, key_in_ckpt="state_dict", use_trace=True, input_shape=[1, 3, 256, 256],
+                config_file=INFERENCE, use_trace=True, input_shape=[1, 3, 256, 256],
                 converter_kwargs={"check_trace": False},  # torch's re-trace check: the comparison below is ours
                 checkpoint=str(checkpoint), **overrides)
     traced, meta, extra = load_net_with_metadata(str(exported), more_extra_files=["inference.json"])
@@ -280,11 +294,33 @@ def test_ckpt_export_traces_a_torchscript_model_that_matches_eager(which, tiny_c
     for key, value in dict(overrides, checkpoint=str(checkpoint)).items():
         parser[key] = value
     eager = parser.get_parsed_content("network_def").eval()
+    eager.load_state_dict(torch.load(checkpoint, weights_only=True), strict=True)  # as the zoo loads a model.pt
     x = _episode(2)
     with torch.no_grad():
         expected, got = eager(x), traced(x)
     assert got.shape == expected.shape == (2, 1, 256, 256)
     assert torch.allclose(got, expected, atol=1e-4 * float(expected.abs().max()) + 1e-5)
+
+
+def test_shipped_model_is_network_defs_state_dict_and_its_architecture_is_the_config():
+    """models/model.pt is what the zoo's tools expect (a bare state dict that network_def, built from
+    inference.yaml alone, loads strictly); its card says the same architecture as the config."""
+    from monai.bundle import ConfigParser
+
+    from scripts.network.model_config import ModelConfig
+
+    parser = ConfigParser()
+    parser.read_config(INFERENCE)
+    parser["bundle_root"], parser["device"] = str(BUNDLE), "cpu"
+    assert parser.get("model") == model_block(BUNDLE / "models" / "model.pt")
+    assert set(parser.get("model")) == set(ModelConfig.keys())  # every key shown: the file says it all
+    state = torch.load(BUNDLE / "models" / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    network = parser.get_parsed_content("network_def")
+    assert not network.load_state_dict(state, strict=True).missing_keys
+    broken = {**state, "config": torch.zeros(1)}  # the former file's extra entries: strict loading refuses them
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        network.load_state_dict(broken, strict=True)
 
 
 # ---- the packaged zip and the user's path -------------------------------------------------------------
@@ -338,7 +374,7 @@ def test_the_zip_is_the_zoo_archive(published, tmp_path):
                          "docs/README.md", "docs/data_license.txt", "large_files.yml", "scripts/__init__.py",
                          "scripts/network/slice_network.py"):
             assert f"{BUNDLE_NAME}/{required}" in names, required
-        for shipped in ("models/model.pt", "models/taef2/LICENSE", "models/taef2/README.md",
+        for shipped in ("models/model.pt", "models/model.card.json", "models/taef2/LICENSE", "models/taef2/README.md",
                         "sample/chaost2/README.md", "sample/chaost2/image_15.nii.gz"):
             assert f"{BUNDLE_NAME}/{shipped}" in names, shipped
         assert f"{BUNDLE_NAME}/models/taef2/taef2_encoder.pth" not in names  # a large file: fetched

@@ -6,6 +6,7 @@ model loads and before anything is written. ``--log_level DEBUG`` logs where the
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -48,8 +49,9 @@ def save_label(label: np.ndarray, query, output_dir, postfix: str = "seg") -> Pa
 
 
 def check_inputs(checkpoint, support_image, support_label, query_images, slice_axis: int = 2,
-                 volume_mode: str = "propagate") -> None:
-    """The workflow's first step: the checkpoint file exists; the support image, its label and every
+                 volume_mode: str = "propagate", model: dict | None = None) -> None:
+    """The workflow's first step: the checkpoint file exists, and where its card says how it was
+    built, ``model`` (the config's architecture) agrees; the support image, its label and every
     query read as 3D volumes (headers only); the label lies on its image's grid; every query's slices
     can be matched to the support's. Otherwise it exits (status 1) with one line saying what is wrong:
     a traceback through the config's expressions would only bury it."""
@@ -58,6 +60,8 @@ def check_inputs(checkpoint, support_image, support_label, query_images, slice_a
     try:
         if not checkpoint or not Path(checkpoint).is_file():
             raise ValueError(f"checkpoint not found: {checkpoint}")
+        if model is not None:
+            check_architecture(checkpoint, model)
         if support_image is None or support_label is None:
             raise ValueError("needs support_image and support_label (a labelled volume)")
         if slice_axis not in (0, 1, 2):
@@ -83,6 +87,27 @@ def check_inputs(checkpoint, support_image, support_label, query_images, slice_a
         logger.debug("start-up (python, imports, config): %.1fs", started)
 
 
+def check_architecture(checkpoint, model: dict) -> None:
+    """The model file's card (``model_file.py``), where it has one, against the config's ``model``:
+    a file of another architecture would fail to load with a list of missing weights."""
+    from scripts.network.model_config import TRAINED, ModelConfig
+    from scripts.network.model_file import card_path
+
+    card = card_path(checkpoint)
+    if not card.is_file():
+        return
+    try:
+        stored = ModelConfig.from_keys(**json.loads(card.read_text())["config"]).to_dict(TRAINED)
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"cannot read the model card {card}: {error}") from None
+    wanted = ModelConfig.from_keys(**model).to_dict(TRAINED)
+    differ = {key: (wanted[key], stored[key]) for key in wanted if wanted[key] != stored[key]}
+    if differ:
+        said = ", ".join(f"{key} {mine!r} (the file: {theirs!r})" for key, (mine, theirs) in differ.items())
+        raise ValueError(f"{checkpoint} was built otherwise than the config's model: {said}; "
+                         f"give its card: --model %{card}#config")
+
+
 def query_dataset(query_images) -> list[dict]:
     """The inference workflow's dataset: one item per query volume."""
     queries = [query_images] if isinstance(query_images, (str, Path)) else list(query_images or [])
@@ -95,7 +120,7 @@ class QueryIteration:
     """``iteration_update`` of the inference workflow's MONAI ``Evaluator``: one query volume ->
     its segmentation, written as NIfTI on the query's grid."""
 
-    def __init__(self, method, support_image, support_label, output_dir, labels=None, max_shots: int = 3,
+    def __init__(self, method, support_image, support_label, output_dir, labels=None, max_shots: int | None = None,
                  support_slices=None, slice_axis: int = 2, volume_mode: str = "propagate"):
         if support_image is None or support_label is None:
             raise ValueError("inference needs support_image and support_label (a labelled volume)")

@@ -23,6 +23,7 @@ import torch
 
 from scripts.data.volumes import present_values
 from scripts.engine.propagation import propagate_organ
+from scripts.network.model_config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,14 @@ class Segmentation:
     labels: dict[str, int]
     shots_per_label: dict[str, int] = field(default_factory=dict)
     support_slices: dict[str, list[int]] = field(default_factory=dict)
+
+
+def shots_of(method, max_shots: int | None) -> int:
+    """Shots per query slice: as asked, else the model's own (``ModelConfig.max_shots``)."""
+    if max_shots is not None:
+        return int(max_shots)
+    config = getattr(method, "config", None)
+    return int(config.max_shots if isinstance(config, ModelConfig) else ModelConfig.max_shots)
 
 
 def labelled_slices(label: np.ndarray, value: int) -> np.ndarray:
@@ -64,11 +73,13 @@ def nearest_support_episodes(support_z: np.ndarray, support_depth: int, query_de
 
 
 def segment_volume(method, support_image: np.ndarray, support_label: np.ndarray, query_image: np.ndarray,
-                   labels: dict[str, int] | None = None, max_shots: int = 3, same_volume: bool = False,
+                   labels: dict[str, int] | None = None, max_shots: int | None = None, same_volume: bool = False,
                    support_slices=None, mode: str = "propagate") -> Segmentation:
     """Segment every slice of ``query_image`` (D, H, W) in slice space for every organ of ``labels``
     (default: every value present in the support label, named by its value). ``mode`` applies to a
-    label of the query itself (``same_volume``): ``propagate`` or ``nearest``."""
+    label of the query itself (``same_volume``): ``propagate`` or ``nearest``. ``max_shots``: labelled
+    slices per query slice, nearest first (None: the model's)."""
+    max_shots = shots_of(method, max_shots)
     if mode not in VOLUME_MODES:
         raise SupportError(f"mode must be one of {VOLUME_MODES}, got {mode!r}")
     support_image = np.asarray(support_image, dtype=np.float32)
@@ -190,7 +201,7 @@ def _same_file(a, b) -> bool:
 
 
 def segment_files(method, support_image_path, support_label_path, query_image_path, labels=None,
-                  max_shots: int = 3, support_slices=None, slice_axis: int = 2, mode: str = "propagate",
+                  max_shots: int | None = None, support_slices=None, slice_axis: int = 2, mode: str = "propagate",
                   timings: dict | None = None):
     """Files in (anything MONAI's LoadImage reads), label volume out on the query's original grid.
 

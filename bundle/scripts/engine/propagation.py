@@ -41,6 +41,8 @@ from dataclasses import astuple, dataclass
 import numpy as np
 from scipy import ndimage
 
+from scripts.network.model_config import ModelConfig
+
 __all__ = ["StopRule", "propagate_organ", "clear_memo"]
 
 MEMO_SIZE = 8  # organs remembered per method: a 40-slice 256x256 organ holds about 13 MB
@@ -82,7 +84,7 @@ def _grow(mask: np.ndarray, margin: int) -> np.ndarray:
     return ndimage.binary_dilation(mask, iterations=margin) if margin > 0 else mask
 
 
-def propagate_organ(method, image: np.ndarray, drawn: dict[int, np.ndarray], max_shots: int = 3,
+def propagate_organ(method, image: np.ndarray, drawn: dict[int, np.ndarray], max_shots: int = ModelConfig.max_shots,
                     latents=None, rule: StopRule = StopRule()) -> tuple[np.ndarray, np.ndarray]:
     """One organ of one volume: ``image`` (D, H, W), ``drawn`` {slice index: (H, W) mask} of the
     slices the user drew (each non-empty). ``latents``: the volume's latents (D, C, h, w), or

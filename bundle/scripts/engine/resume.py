@@ -17,18 +17,17 @@ from pathlib import Path
 
 import torch
 
+from scripts.network.model_config import TRAINED, ModelConfig
+
 SIGNATURE_KEY = "training_signature"
 
-# the network keys that change what is trained (paths, thresholds and post-processing do not)
-ARCHITECTURE_KEYS = ("preset", "autoencoder", "mask_codec", "visual_encoder", "use_qe", "use_vtct",
-                     "use_support_kv", "dice_weight")
 
-
-def training_signature(trained_on: dict, model_config: dict, **knobs) -> dict:
+def training_signature(trained_on: dict, model_config: ModelConfig, **knobs) -> dict:
     """The signature of a training: ``trained_on`` (datasets, classes, patients, setting, label
-    source: `experiment.training_record`), the network's architecture keys and the given
+    source: `experiment.training_record`), the network's keys that change what is trained (paths,
+    thresholds and post-processing do not: ``ModelConfig``'s ``trained`` role) and the given
     optimisation knobs (steps, batch size, learning rates, ...), as plain JSON values."""
-    record = {"trained_on": trained_on, "network": {k: model_config.get(k) for k in ARCHITECTURE_KEYS}, **knobs}
+    record = {"trained_on": trained_on, "network": model_config.to_dict(TRAINED), **knobs}
     return json.loads(json.dumps(record, sort_keys=True, default=str))
 
 

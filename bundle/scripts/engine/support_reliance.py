@@ -87,7 +87,7 @@ def _load_weights(segmenter, checkpoint: Path, weights: str):
     if not (isinstance(state, dict) and "network" in state):  # a model.pt: it carries its own config
         loaded = build_segmenter(checkpoint=str(checkpoint))
         # the episodes' latents come from the config's autoencoder: they must be the model's
-        mine, theirs = segmenter.config.get("autoencoder"), loaded.config.get("autoencoder")
+        mine, theirs = segmenter.config.autoencoder, loaded.config.autoencoder
         if mine != theirs:
             raise SystemExit(f"{checkpoint} was trained on '{theirs}' latents but the config builds "
                              f"'{mine}': pass the run's overrides (--autoencoder {theirs} --autoencoder_path ...)")

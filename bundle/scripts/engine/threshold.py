@@ -46,7 +46,8 @@ def choose_threshold(method, volumes, values: dict[str, int], candidates=CANDIDA
 
 def main(argv=None) -> None:
     from scripts.engine.experiment import load_volumes, split_fold, training_values
-    from scripts.network.presets import build_segmenter, save_checkpoint_file
+    from scripts.network.presets import build_segmenter
+    from scripts.network.model_file import save_checkpoint_file
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint")
@@ -63,7 +64,7 @@ def main(argv=None) -> None:
     best, means = choose_threshold(method, train, training_values(args.dataset, args.test_labels))
     print({t: round(100 * d, 1) for t, d in means.items()}, "-> threshold", best)
     if args.write:
-        method.threshold = method.config["threshold"] = best
+        method.threshold = best  # the config's threshold: the saved file keeps it
         save_checkpoint_file(method, args.checkpoint)
 
 

@@ -143,9 +143,10 @@ def parameter_groups(segmenter, lr: float, lr_vtct: float) -> list[dict]:
 
 
 class ExportModel:
-    """Writes the EMA weights as the bundle's model file (config + weights) when training ends, so
-    inference, evaluation and MONAI Label load them with ``build_segmenter(checkpoint=...)``;
-    ``trained_on`` (``experiment.training_record``: datasets, classes, patients) goes in with them."""
+    """Writes the EMA weights as a model file (``model_file.py``'s zoo form: state dict + card) when
+    training ends, so inference, evaluation and MONAI Label load them with
+    ``build_segmenter(checkpoint=...)``; ``trained_on`` (``experiment.training_record``: datasets,
+    classes, patients) goes in the card."""
 
     def __init__(self, segmenter, ema: AveragedModel, path: str, half: bool = False, trained_on: dict | None = None):
         self.segmenter, self.ema, self.path, self.half = segmenter, ema, path, half
@@ -157,10 +158,9 @@ class ExportModel:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine) -> None:
-        from scripts.network.presets import save_checkpoint_file
+        from scripts.network.model_file import save_zoo_model
 
-        save_checkpoint_file(ema_segmenter(self.segmenter, self.ema), self.path, half=self.half,
-                             trained_on=self.trained_on)
+        save_zoo_model(ema_segmenter(self.segmenter, self.ema), self.path, half=self.half, trained_on=self.trained_on)
         engine.logger.info("EMA weights written to %s", self.path)
 
 

@@ -23,14 +23,19 @@ BANK_MODES = (WRITE, READ)
 class SupportBank:
     """Keys/values of one support pass, per self-attention layer.
 
-    ``shots`` supports belong to each episode (the support batch is ``episodes * shots``);
-    ``query_episode`` (Q,) says which episode serves each query slice, so one support pass serves a
-    whole batch of query slices, and EP1's chunks can use different supports in one batched call.
+    ``shots`` supports belong to each episode (the support batch is ``episodes * shots``). The
+    support pass fills ``entries``; each query pass reads them through ``for_queries``, whose
+    ``query_episode`` (Q,) says which episode serves each of its query slices: one support pass
+    serves any number of query batches, and EP1's chunks can use different supports in one call.
     """
 
     shots: int = 1
     query_episode: torch.Tensor | None = None
     entries: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def for_queries(self, query_episode: torch.Tensor) -> "SupportBank":
+        """The same stored keys/values, read by a batch of query slices of these episodes."""
+        return SupportBank(self.shots, query_episode, self.entries)
 
     def store(self, layer: str, key: torch.Tensor, value: torch.Tensor) -> None:
         self.entries[layer] = (key, value)
@@ -46,17 +51,12 @@ class SupportBank:
         episodes = support_batch // self.shots
         key = key.reshape(episodes, self.shots * tokens, channels)
         value = value.reshape(episodes, self.shots * tokens, value.shape[-1])
-        index = self.episode_index(episodes, n_queries, key.device)
+        if self.query_episode is None:  # the query pass gives it (SDFSMISNet.query_pass)
+            raise RuntimeError("the bank is read without query_episode: read it through for_queries")
+        if self.query_episode.numel() != n_queries:
+            raise ValueError(f"query_episode has {self.query_episode.numel()} entries for {n_queries} query slices")
+        index = self.query_episode.to(device=key.device, dtype=torch.long)
         return key.index_select(0, index), value.index_select(0, index)
-
-    def episode_index(self, episodes: int, n_queries: int, device: torch.device) -> torch.Tensor:
-        if self.query_episode is not None:
-            if self.query_episode.numel() != n_queries:
-                raise ValueError(f"query_episode has {self.query_episode.numel()} entries for {n_queries} query slices")
-            return self.query_episode.to(device=device, dtype=torch.long)
-        if n_queries % episodes:
-            raise ValueError(f"{n_queries} query slices cannot be split evenly over {episodes} episodes; give query_episode")
-        return torch.arange(episodes, device=device).repeat_interleave(n_queries // episodes)
 
     def clear(self) -> None:
         self.entries.clear()

@@ -12,9 +12,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .autoencoders import LatentAutoencoder
+from .model_config import ModelConfig
 from .one_step import make_one_step_scheduler, mask_latent_from_output, training_target
 from .postprocess import (
-    COMPONENT_RULES, keep_largest_component_3d, keep_largest_component_per_slice, keep_support_component_3d,
+    keep_largest_component_3d, keep_largest_component_per_slice, keep_support_component_3d,
     threshold_scores,
 )
 from .sdfsmis import SDFSMISNet
@@ -32,51 +33,33 @@ def soft_dice_loss(probability: torch.Tensor, target: torch.Tensor, eps: float =
     return (1 - (2 * overlap + eps) / (probability.sum(dims) + target.sum(dims) + eps)).mean()
 
 
+def _config_key(key: str) -> property:
+    """An attribute that reads ``config.<key>`` and, set, replaces the config (validated again)."""
+    return property(lambda self: getattr(self.config, key),
+                    lambda self, value: setattr(self, "config", self.config.replace(**{key: value})))
+
+
 class FewShotSegmenter(nn.Module):
     name = "sdfsmis"
 
-    def __init__(
-        self,
-        net: SDFSMISNet,
-        autoencoder: LatentAutoencoder,
-        mask_codec: LatentAutoencoder,
-        threshold: float = 0.0,
-        threshold_mode: str = "absolute",
-        keep_largest: bool = True,
-        keep_largest_3d: bool = True,
-        component_3d: str = "support",
-        dice_weight: float = 0.5,
-        dice_sharpness: float = 4.0,
-        query_chunk: int = 64,
-        latent_cache_size: int = 8,
-    ):
+    def __init__(self, net: SDFSMISNet, autoencoder: LatentAutoencoder, mask_codec: LatentAutoencoder,
+                 config: ModelConfig | None = None, trained_on: dict | None = None, dice_sharpness: float = 4.0,
+                 query_chunk: int = 64, latent_cache_size: int = 8):
         super().__init__()
         self.net = net
         self.autoencoder = autoencoder.requires_grad_(False)
         self.mask_codec = mask_codec.requires_grad_(False)
         self.scheduler = make_one_step_scheduler()
-        self.threshold = threshold
-        self.threshold_mode = threshold_mode
-        self.keep_largest = keep_largest
-        self.keep_largest_3d = keep_largest_3d
-        if component_3d not in COMPONENT_RULES:
-            raise ValueError(f"component_3d must be one of {COMPONENT_RULES}, got {component_3d!r}")
-        self.component_3d = component_3d
-        self.dice_weight = dice_weight
+        self.config = config or ModelConfig()
+        self.trained_on = trained_on  # what the weights were trained on (experiment.training_record), or None
         self.dice_sharpness = dice_sharpness
         self.query_chunk = query_chunk
         self.latent_cache = LatentCache(latent_cache_size)
 
     def with_net(self, net: SDFSMISNet) -> "FewShotSegmenter":
         """The same pipeline around other weights (e.g. the EMA of the trained ones)."""
-        other = FewShotSegmenter(
-            net, self.autoencoder, self.mask_codec, threshold=self.threshold, threshold_mode=self.threshold_mode,
-            keep_largest=self.keep_largest, keep_largest_3d=self.keep_largest_3d, component_3d=self.component_3d,
-            dice_weight=self.dice_weight, dice_sharpness=self.dice_sharpness, query_chunk=self.query_chunk,
-            latent_cache_size=self.latent_cache.size,
-        )
-        other.config, other.unet_config = getattr(self, "config", {}), getattr(self, "unet_config", {})
-        other.trained_on = getattr(self, "trained_on", None)
+        other = FewShotSegmenter(net, self.autoencoder, self.mask_codec, self.config, self.trained_on,
+                                 self.dice_sharpness, self.query_chunk, self.latent_cache.size)
         set_memory_format(net, self.net.memory_format)
         return other
 
@@ -88,6 +71,14 @@ class FewShotSegmenter(nn.Module):
         for part in {id(m): m for m in (self.autoencoder, self.mask_codec)}.values():
             set_memory_format(part, torch.channels_last if autoencoders else torch.contiguous_format)
         return self
+
+    # ---- the config's post-processing and loss keys, read and set as attributes ----------------
+    threshold = _config_key("threshold")
+    threshold_mode = _config_key("threshold_mode")
+    keep_largest = _config_key("keep_largest")
+    keep_largest_3d = _config_key("keep_largest_3d")
+    component_3d = _config_key("component_3d")
+    dice_weight = _config_key("dice_weight")
 
     # ---- latents -------------------------------------------------------------------------------
     @property
@@ -180,10 +171,11 @@ class FewShotSegmenter(nn.Module):
         query_episode = torch.as_tensor(np.asarray(query_episode), dtype=torch.long, device=self.device)
         was_training = self.training
         self.eval()
+        memory = self.net.support_pass(support_latent, self.encode_masks(support_mask), support_mask, shots, support_image)
         scores = []
-        for start in range(0, query_latents.shape[0], self.query_chunk):
+        for start in range(0, query_latents.shape[0], self.query_chunk):  # bounded memory, one support pass
             part = slice(start, start + self.query_chunk)
-            velocity = self(support_latent, support_mask, query_latents[part], query_episode[part], shots, support_image)
+            velocity = self.net.query_pass(memory, query_latents[part], query_episode[part])
             scores.append(self.decode_scores(velocity, query_latents[part])[:, 0])
         self.train(was_training)
         return torch.cat(scores).float().cpu().numpy()

@@ -13,12 +13,13 @@ The autoencoder, mask latent and visual encoder are separate keys (docs/DESIGN.m
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
 
 from .autoencoders import PixelUnshuffleAutoencoder, WeightsError, _from_pretrained, build_autoencoder
+from .model_config import ModelConfig
+from .model_file import load_checkpoint_file, load_trainable_state
 from .pipeline import FewShotSegmenter
 from .sdfsmis import SDFSMISNet
 from .speed import compile_unet, default_channels_last, is_cpu
@@ -54,36 +55,6 @@ UNET_SHAPES = {
     ),
 }
 
-PRESETS = {
-    "sd15": dict(autoencoder="sd-vae", mask_codec="autoencoder", visual_encoder="dinov2"),
-    "compact": dict(autoencoder="unshuffle", mask_codec="unshuffle", visual_encoder="latent"),
-    "wide": dict(autoencoder="unshuffle", mask_codec="unshuffle", visual_encoder="latent"),
-    "tiny": dict(autoencoder="unshuffle", mask_codec="unshuffle", visual_encoder="latent"),
-}
-
-MODEL_KEYS = (
-    "preset", "autoencoder", "autoencoder_path", "mask_codec", "visual_encoder", "visual_encoder_path",
-    "unet_path", "use_qe", "use_vtct", "use_support_kv", "threshold", "threshold_mode", "keep_largest",
-    "keep_largest_3d", "component_3d", "dice_weight", "local_files_only",
-)
-
-
-def model_config(preset: str = "compact", **overrides) -> dict:
-    """The full configuration of a preset with the given keys overridden (``None`` keeps the preset)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset '{preset}'; choose one of {sorted(PRESETS)}")
-    unknown = set(overrides) - set(MODEL_KEYS)
-    if unknown:
-        raise ValueError(f"unknown model keys {sorted(unknown)}; known: {MODEL_KEYS}")
-    config = dict(
-        preset=preset, autoencoder_path=None, visual_encoder_path=None, unet_path=None, use_qe=True,
-        use_vtct=True, use_support_kv=True, threshold=0.0, threshold_mode="absolute", keep_largest=True,
-        keep_largest_3d=True, component_3d="support", dice_weight=0.5, local_files_only=True, **PRESETS[preset],
-    )
-    config.update({key: value for key, value in overrides.items() if value is not None})
-    return config
-
-
 BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 # autoencoder weights the bundle ships (committed; the zoo's zip fetches them through large_files.yml)
 SHIPPED_WEIGHTS = {"taef2": "models/taef2"}
@@ -110,23 +81,23 @@ def resolve_weights_path(path: str | None, autoencoder: str | None = None) -> st
     return path
 
 
-def build_unet(config: dict, latent_channels: int, mask_channels: int, unet_config: dict | None = None):
+def build_unet(config: ModelConfig, latent_channels: int, mask_channels: int, unet_config: dict | None = None):
     """The diffusers U-Net: pretrained (``sd15``), or a fresh one of the preset's shape, or one
     rebuilt from a checkpoint's stored config (weights then come from the checkpoint)."""
     from diffusers import UNet2DConditionModel
 
     if unet_config is not None:
         return UNet2DConditionModel.from_config(unet_config), False
-    if config["preset"] == "sd15":
-        if not config.get("unet_path"):
+    if config.preset == "sd15":
+        if not config.unet_path:
             raise WeightsError("preset 'sd15' needs unet_path: a Stable Diffusion 1.5 model folder or id")
-        unet = _from_pretrained(UNet2DConditionModel, config["unet_path"], "unet", config["local_files_only"])
+        unet = _from_pretrained(UNet2DConditionModel, config.unet_path, "unet", config.local_files_only)
         if unet.config.out_channels != mask_channels:
             raise WeightsError(
                 f"the pretrained U-Net outputs {unet.config.out_channels} channels, the mask latent has {mask_channels}"
             )
         return unet, True
-    shape = UNET_SHAPES[config["preset"]]
+    shape = UNET_SHAPES[config.preset]
     return UNet2DConditionModel(
         sample_size=32, in_channels=latent_channels, out_channels=mask_channels, **shape
     ), False
@@ -134,47 +105,35 @@ def build_unet(config: dict, latent_channels: int, mask_channels: int, unet_conf
 
 def build_segmenter(checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
                     channels_last: bool | None = None, compile: bool = False, **keys) -> FewShotSegmenter:
-    """Build from configuration keys, or from a checkpoint (its stored config, overridable).
+    """Build from ``ModelConfig`` keys, or from a model file (its stored config, overridable by the
+    keys; a bare state dict without its card takes the keys alone: ``model_file.py``).
 
     ``channels_last`` and ``compile`` are runtime levers (``speed.py``), not part of the model: they
     change how fast it runs, not what it computes. ``channels_last`` is the U-Net's memory format
     (None: where it pays, ``speed.default_channels_last``: CPU inference); the frozen autoencoders
     only ever run inference and take NHWC wherever that pays, and on the CPU a frozen TorchScript
     copy of their encoder."""
-    state, unet_config, trained_on = None, None, None
-    if checkpoint is not None:
-        stored = load_checkpoint_file(checkpoint)
-        state, unet_config, trained_on = stored["state_dict"], stored["unet_config"], stored.get("trained_on")
-        keys = {**stored["config"], **{k: v for k, v in keys.items() if v is not None}}
-    config = model_config(**keys)
+    stored = load_checkpoint_file(checkpoint) if checkpoint is not None else {}
+    keys = {**(stored.get("config") or {}), **{k: v for k, v in keys.items() if v is not None}}
+    config = ModelConfig.from_keys(**keys)
     autoencoder = build_autoencoder(
-        config["autoencoder"], resolve_weights_path(config["autoencoder_path"], config["autoencoder"]),
-        config["local_files_only"]
+        config.autoencoder, resolve_weights_path(config.autoencoder_path, config.autoencoder), config.local_files_only
     )
-    mask_codec = autoencoder if config["mask_codec"] == "autoencoder" else PixelUnshuffleAutoencoder()
-    if config["mask_codec"] not in ("autoencoder", "unshuffle"):
-        raise ValueError(f"mask_codec must be 'autoencoder' or 'unshuffle', got {config['mask_codec']!r}")
-    unet, pretrained = build_unet(config, autoencoder.latent_channels, mask_codec.latent_channels, unet_config)
+    mask_codec = autoencoder if config.mask_codec == "autoencoder" else PixelUnshuffleAutoencoder()
+    unet, pretrained = build_unet(config, autoencoder.latent_channels, mask_codec.latent_channels,
+                                  stored.get("unet_config"))
     visual = build_visual_encoder(
-        config["visual_encoder"], autoencoder.latent_channels, config["visual_encoder_path"], config["local_files_only"]
+        config.visual_encoder, autoencoder.latent_channels, config.visual_encoder_path, config.local_files_only
     )
     net = SDFSMISNet(
         unet, autoencoder.latent_channels, mask_codec.latent_channels, visual,
-        use_qe=config["use_qe"], use_vtct=config["use_vtct"], use_support_kv=config["use_support_kv"],
+        use_qe=config.use_qe, use_vtct=config.use_vtct, use_support_kv=config.use_support_kv,
         pretrained_conv_in=pretrained,
     )
-    segmenter = FewShotSegmenter(
-        net, autoencoder, mask_codec, threshold=config["threshold"], threshold_mode=config["threshold_mode"],
-        keep_largest=config["keep_largest"], keep_largest_3d=config["keep_largest_3d"],
-        component_3d=config["component_3d"], dice_weight=config["dice_weight"],
-    )
-    segmenter.config = config
-    # diffusers' private bookkeeping (e.g. `_use_default_values`, in hash-seed order) would make
-    # identical weights save to different bytes: keep only the architecture
-    segmenter.unet_config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
-    segmenter.trained_on = trained_on  # what the weights were trained on (None: not recorded), kept on re-save
-    if state is not None:
-        load_trainable_state(segmenter, state, source=str(checkpoint))
+    # what the weights were trained on (None: not recorded), kept on re-save
+    segmenter = FewShotSegmenter(net, autoencoder, mask_codec, config, trained_on=stored.get("trained_on"))
+    if "state_dict" in stored:
+        load_trainable_state(segmenter, stored["state_dict"], source=str(checkpoint))
     segmenter = segmenter.to(device)
     segmenter.set_channels_last(default_channels_last(device) if channels_last is None else channels_last,
                                 autoencoders=default_channels_last(device))  # frozen: always inference
@@ -183,60 +142,3 @@ def build_segmenter(checkpoint: str | Path | None = None, device: str | torch.de
     if compile:
         compile_unet(segmenter.net)
     return segmenter
-
-
-def trainable_state(segmenter: FewShotSegmenter) -> dict:
-    """The network's weights without the frozen parts that come from their own files."""
-    return {k: v for k, v in segmenter.net.state_dict().items() if not _is_frozen_key(segmenter, k)}
-
-
-def _is_frozen_key(segmenter: FewShotSegmenter, key: str) -> bool:
-    return key.startswith("visual_encoder.") and not any(p.requires_grad for p in segmenter.net.visual_encoder.parameters())
-
-
-def load_trainable_state(segmenter: FewShotSegmenter, state: dict, source: str = "checkpoint") -> None:
-    expected = trainable_state(segmenter)
-    missing = sorted(set(expected) - set(state))
-    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or mismatched:
-        detail = f"missing {missing[:5]}" if missing else f"shape mismatch in {mismatched[:5]}"
-        raise WeightsError(f"{source} does not fit preset '{segmenter.config['preset']}' "
-                           f"(autoencoder '{segmenter.config['autoencoder']}'): {detail}")
-    segmenter.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-
-
-def checkpoint_payload(segmenter: FewShotSegmenter, half: bool = False, trained_on: dict | None = None) -> dict:
-    """config, unet_config and state_dict (what loading needs); `trained_on` (the datasets, classes
-    and patients of the training, `experiment.training_record`) when known: given here, or carried
-    over from the checkpoint the segmenter was built from. Files without it load as before."""
-    state = trainable_state(segmenter)
-    if half:
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    payload = {"config": copy.deepcopy(segmenter.config), "unet_config": segmenter.unet_config, "state_dict": state}
-    trained_on = trained_on if trained_on is not None else getattr(segmenter, "trained_on", None)
-    if trained_on is not None:
-        payload["trained_on"] = copy.deepcopy(trained_on)
-    return payload
-
-
-def save_checkpoint_file(segmenter: FewShotSegmenter, path: str | Path, half: bool = False,
-                         trained_on: dict | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(checkpoint_payload(segmenter, half, trained_on), tmp)
-    tmp.replace(path)  # never a half-written checkpoint
-
-
-def load_checkpoint_file(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"checkpoint not found: {path}")
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise WeightsError(f"cannot read checkpoint {path}: {error}") from None
-    for key in ("config", "unet_config", "state_dict"):
-        if not isinstance(stored, dict) or key not in stored:
-            raise WeightsError(f"{path} is not an SD-FSMIS checkpoint (no '{key}')")
-    return stored

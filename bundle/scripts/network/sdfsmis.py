@@ -10,6 +10,8 @@ convolutions belong to this module, so each pass states its input explicitly.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -35,6 +37,22 @@ def widened_conv(conv: nn.Conv2d, in_channels: int, pretrained: bool) -> nn.Conv
             wide.weight.copy_(conv.weight.repeat(1, repeats, 1, 1) / repeats)
             wide.bias.copy_(conv.bias)
     return wide
+
+
+@dataclass
+class SupportMemory:
+    """What one support pass leaves for any number of query passes: the VTCT tokens of each episode,
+    the self-attention K/V bank, and the support latents and masks that Query Enhancement reads."""
+
+    context: torch.Tensor  # (E, tokens, D)
+    bank: SupportBank | None  # None where the support K/V are ablated
+    latent: torch.Tensor  # (E*K, C, h, w)
+    mask: torch.Tensor  # (E*K, 1, H, W) {0,1}
+    shots: int
+
+    @property
+    def episodes(self) -> int:
+        return self.latent.shape[0] // self.shots
 
 
 class SDFSMISNet(nn.Module):
@@ -104,30 +122,41 @@ class SDFSMISNet(nn.Module):
         (E*K, 1, H, W) {0,1}; query_latent (Q, C, h, w); query_episode (Q,) episode of each
         query (default: queries split evenly over episodes). Returns the U-Net output (Q, Cm, h, w):
         the velocity, i.e. the negated mask latent."""
+        memory = self.support_pass(support_latent, support_mask_latent, support_mask, shots, support_image)
+        if query_episode is None:
+            if query_latent.shape[0] % memory.episodes:
+                raise ValueError("query slices cannot be split evenly over episodes; give query_episode")
+            query_episode = torch.arange(memory.episodes, device=query_latent.device).repeat_interleave(
+                query_latent.shape[0] // memory.episodes
+            )
+        return self.query_pass(memory, query_latent, query_episode)
+
+    def support_pass(self, support_latent, support_mask_latent, support_mask, shots: int = 1,
+                     support_image=None) -> SupportMemory:
+        """The supports alone, once: (E*K, ...) tensors of E episodes of K shots each."""
         if support_latent.shape[0] % shots:
             raise ValueError(f"{support_latent.shape[0]} support slices is not a multiple of shots={shots}")
-        episodes = support_latent.shape[0] // shots
-        if query_episode is None:
-            if query_latent.shape[0] % episodes:
-                raise ValueError("query slices cannot be split evenly over episodes; give query_episode")
-            query_episode = torch.arange(episodes, device=query_latent.device).repeat_interleave(
-                query_latent.shape[0] // episodes
-            )
-        query_episode = query_episode.to(query_latent.device, torch.long)
         context = self.context(support_latent, support_mask, shots, support_image)
-        bank = SupportBank(shots=shots, query_episode=query_episode)
+        bank = None
         if self.use_support_kv:
+            bank = SupportBank(shots=shots)
             support_input = self.conv_in_ref(as_format(torch.cat([support_latent, support_mask_latent], dim=1),
                                                        self.memory_format))
             self._unet(support_input, context.repeat_interleave(shots, dim=0), bank, WRITE)
+        return SupportMemory(context, bank, support_latent, support_mask, shots)
+
+    def query_pass(self, memory: SupportMemory, query_latent: torch.Tensor, query_episode: torch.Tensor) -> torch.Tensor:
+        """Query slices (Q, C, h, w), each served by its episode of ``memory`` (``query_episode`` (Q,))."""
+        query_episode = query_episode.to(query_latent.device, torch.long)
         query_parts = [query_latent]
         if self.qe is not None:
-            mask_small = F.adaptive_avg_pool2d(support_mask.float(), support_latent.shape[-2:])
-            query_parts.append(self.qe(support_latent, mask_small, query_latent, query_episode, shots))
+            mask_small = F.adaptive_avg_pool2d(memory.mask.float(), memory.latent.shape[-2:])
+            query_parts.append(self.qe(memory.latent, mask_small, query_latent, query_episode, memory.shots))
         query_input = self.conv_in(as_format(torch.cat(query_parts, dim=1), self.memory_format))
         # The bank is not cleared here: a checkpointed query pass re-reads it during backward; it is
         # freed with the autograd graph that holds it.
-        return self._unet(query_input, context[query_episode], bank, READ if self.use_support_kv else None)
+        bank = memory.bank.for_queries(query_episode) if memory.bank is not None else None
+        return self._unet(query_input, memory.context[query_episode], bank, READ if bank is not None else None)
 
     def _unet(self, sample, context, bank, mode):
         timestep = torch.full((sample.shape[0],), TIMESTEP, device=sample.device, dtype=torch.long)

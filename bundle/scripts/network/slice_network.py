@@ -2,14 +2,14 @@
 
 ``SliceNetwork`` runs SD-FSMIS on 2D 1-shot episodes, one per batch item: input (B, 3, H, W) with
 channels [query slice, support slice, support mask] (slices min-max scaled to [-1, 1] as the
-workflows do, the mask 0/1), output (B, 1, H, W) foreground scores (above the checkpoint's
-``threshold`` is the organ). That is what ``metadata.json``'s ``network_data_format`` describes and
+workflows do, the mask 0/1), output (B, 1, H, W) foreground scores clipped to [-1, 1] (above the
+checkpoint's ``threshold`` is the organ). That is what ``metadata.json``'s ``network_data_format`` describes and
 what ``verify_net_in_out`` and ``ckpt_export --use_trace True`` exercise; the bundle's workflows run
 the same weights through ``FewShotSegmenter`` (volumes, K shots, several organs).
 
-Its state dict has exactly the keys of a checkpoint's ``state_dict`` (the trainable SD-FSMIS
-weights, shared with the segmenter, not copied), so ``ckpt_export --key_in_ckpt state_dict`` loads
-``models/model.pt`` into it strictly. The frozen autoencoders (and a frozen visual encoder) come from
+Its state dict has exactly the keys of the trainable SD-FSMIS weights (shared with the segmenter,
+not copied): ``models/model.pt`` is that state dict (``model_file.py``), which ``CheckpointLoader``
+and ``ckpt_export`` at its defaults load into it strictly. The frozen autoencoders (and a frozen visual encoder) come from
 their own files: held, not registered, so a trace keeps them as constants of the exported model.
 """
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .pipeline import FewShotSegmenter
-from .presets import trainable_state
+from .model_file import trainable_state
 
 CHANNELS = ("query slice", "support slice", "support mask")
 
@@ -60,4 +60,6 @@ class SliceNetwork(nn.Module):
         support_image = support if getattr(segmenter.net.visual_encoder, "needs_images", False) else None
         velocity = segmenter.net(support_latent, segmenter.mask_codec.encode_mask(mask), mask, query_latent,
                                  episode, 1, support_image)
-        return segmenter.decode_scores(velocity, query_latent).float()
+        # the decoded scores overshoot [-1, 1] (-2..3 on the sample patients); clipped, they keep every
+        # decision at the threshold (0 or any value inside) and lie where network_data_format says
+        return segmenter.decode_scores(velocity, query_latent).float().clamp(-1.0, 1.0)

@@ -118,7 +118,7 @@ def protocol_cases(volumes: Sequence, labels: dict[str, int], mode: str = "ep1",
     return cases
 
 
-def predict_drawn(method, volume, value: int, drawn_z: np.ndarray, max_shots: int = 3,
+def predict_drawn(method, volume, value: int, drawn_z: np.ndarray, max_shots: int | None = None,
                   volume_mode: str = "propagate") -> np.ndarray:
     """The organ's mask (D, H, W) in ``volume`` from its ground truth on ``drawn_z`` alone: the
     method's own ``segment_drawn`` where it has one, else the one seam in ``volume_mode``."""

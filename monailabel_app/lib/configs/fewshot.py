@@ -8,7 +8,8 @@
                                      stores it; TAEF2, the shipped model's, ships in bundle/models/taef2)
     --conf visual_encoder_path, unet_path   the same for the other pretrained parts
     --conf device auto|cpu|cuda      auto: cuda when available
-    --conf max_shots 3               labelled slices used per query slice (nearest first)
+    --conf max_shots 3               labelled slices used per query slice (nearest first; default: the
+                                     model's own, 3)
     --conf volume_mode propagate|nearest  on the image's own label: propagate the drawn organ slice by
                                      slice from the drawn slices (default), or serve every slice
                                      from the nearest drawn slices alone (a request's 'volume_mode' wins)
@@ -19,6 +20,8 @@
     --conf component_3d largest|support  which 3D component: the largest always, or the one on the
                                      labelled slices' footprint where the largest lies off it
                                      (default: the checkpoint's own)
+    --conf <any other model key>     scripts/network/model_config.py (e.g. use_qe false): overrides the
+                                     checkpoint's
     --conf labels <preset|json>      names of label values: a dataset preset (phantom, chaost2, ...)
                                      or {"liver": 1, ...}; clients pre-create these segments
     --conf slice_axis 2              the file axis that runs across slices
@@ -58,6 +61,8 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.generic import strtobool
 
+from scripts.network.model_config import ModelConfig
+
 from lib import REPO
 from lib.infers.fewshot import VOLUME_MODES, FewShotInfer, FewShotModel, PredictionRecord
 from lib.responses import DEFAULT_MAX_VOXELS
@@ -66,7 +71,9 @@ from lib.trainers.fewshot import FewShotTrain
 
 logger = logging.getLogger(__name__)
 
-MODEL_OVERRIDES = ("preset", "autoencoder", "autoencoder_path", "visual_encoder_path", "unet_path", "component_3d")
+# every model key overrides the checkpoint's, except those a request may set (their --conf is its default)
+PER_REQUEST = ("threshold", "threshold_mode", "max_shots")
+MODEL_OVERRIDES = tuple(key for key in ModelConfig.keys() if key not in PER_REQUEST)
 
 
 def resolve_device(name: str | None) -> str:
@@ -99,11 +106,9 @@ class FewShot(TaskConfig):
         super().init(name, model_dir, conf, planner, **kwargs)
         conf = self.conf or {}
         self.path = os.path.abspath(conf.get("checkpoint") or REPO / "bundle" / "models" / "model.pt")
-        self.model_keys = {key: conf.get(key) or None for key in MODEL_OVERRIDES}
-        if conf.get("keep_largest_3d") not in (None, ""):
-            self.model_keys["keep_largest_3d"] = bool(strtobool(conf["keep_largest_3d"]))
+        self.model_keys = {key: ModelConfig.parse(key, conf.get(key)) for key in MODEL_OVERRIDES}
         self.device = resolve_device(conf.get("device"))
-        self.max_shots = int(conf.get("max_shots", 3))
+        self.max_shots = int(conf.get("max_shots") or ModelConfig.max_shots)
         self.threshold = float(conf["threshold"]) if conf.get("threshold") not in (None, "") else None
         self.threshold_mode = conf.get("threshold_mode") or None
         self.volume_mode = conf.get("volume_mode") or "propagate"

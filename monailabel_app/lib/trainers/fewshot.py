@@ -47,6 +47,9 @@ from filelock import FileLock, Timeout
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
+from scripts.network.model_config import TRAINED, ModelConfig
+from scripts.network.model_file import as_single_file, load_checkpoint_file
+
 from lib import BUNDLE
 from lib.infers.fewshot import ignored_segment, label_values, parse_label_info
 from lib.responses import DEFAULT_MAX_VOXELS, check_label_on_image, without_paths, write_label_like
@@ -168,13 +171,12 @@ class FewShotTrain(TrainTask):
     def workflow_args(self, dataset_dir: Path, preset: dict, run_dir: Path, steps: int, overrides: dict,
                       start_from: str) -> dict:
         """train.yaml overrides of this fine-tuning, as values (``command`` writes them for the command line)."""
-        from scripts.network.presets import load_checkpoint_file
-
         checkpoint = {}
         if os.path.exists(start_from):
             checkpoint = {"segmenter#checkpoint": start_from}
-            stored = load_checkpoint_file(start_from)["config"]
-            network = {k: stored.get(k) for k in ("preset", "autoencoder", "mask_codec", "visual_encoder")}
+            stored = load_checkpoint_file(start_from)["config"] or {}
+            # every key that shapes the weights: a model fine-tunes as the architecture it is
+            network = {k: stored[k] for k in ModelConfig.keys(TRAINED) if k in stored}
         else:
             network = {"preset": "compact"}
             logger.warning(f"no checkpoint at {start_from}: training a fresh '{network['preset']}' model")
@@ -269,7 +271,10 @@ class FewShotTrain(TrainTask):
                   "labels": preset["labels"], "run_dir": str(run_dir), "started_from": served,
                   "validation_dice": {"served": before, "new": after}, "promoted": promoted}
         if promoted:
-            self.served.promote(exported, record)
+            # served as one file that one rename replaces (the run's model.pt has its card beside it)
+            single = run_dir / "model.served.pt"
+            as_single_file(exported, single)
+            self.served.promote(single, record)
         else:
             logger.warning(f"few-shot training: the new model's validation Dice {after:.4f} is below the served "
                            f"model's {before:.4f}: it is kept in {run_dir}, not served")
