@@ -153,7 +153,8 @@ def monailabel_rows(bench: Bench, work: Path, args) -> None:
     import torch
 
     from bench_monailabel_latency import make_call, prepare_call
-    from lib.infers.fewshot import FewShotInfer, FewShotModel
+    from lib.infers.fewshot import FewShotInfer
+    from lib.served_model import FewShotModel
     from plain import plain_path
 
     def task_for(checkpoint):
@@ -386,7 +387,8 @@ def child_monailabel(args) -> None:
     """20 calls of the task in a fresh process; prints its RSS after calls 10 and 20 and its peak.
     Odd calls start from an empty latent cache (a new image's path), even ones repeat."""
     from bench_monailabel_latency import make_call, prepare_call
-    from lib.infers.fewshot import FewShotInfer, FewShotModel
+    from lib.infers.fewshot import FewShotInfer
+    from lib.served_model import FewShotModel
     from plain import plain_path
 
     request, checkpoint = prepare_call(Path(args.work), depth=args.depth, organs=1)

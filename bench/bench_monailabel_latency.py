@@ -84,7 +84,8 @@ def main() -> None:
 
     import torch
 
-    from lib.infers.fewshot import FewShotInfer, FewShotModel
+    from lib.infers.fewshot import FewShotInfer
+    from lib.served_model import FewShotModel
 
     work = Path(tempfile.mkdtemp(prefix="bench_monailabel_"))
     start = time.perf_counter()

@@ -106,6 +106,7 @@ class FewShotApp(MONAILabelApp):
 
     def _download_dcmqi_tools(self):
         # MONAI Label fetches dcmqi from GitHub here (fatal offline); this app writes SEGs with pydicom-seg
+        # private, but 0.8.5 has no public switch: only _init_dicomweb_datastore calls it, on every PACS start
         logger.info("dcmqi tools not needed: the app writes DICOM SEGs itself")
 
     def init_infers(self) -> Dict[str, InferTask]:

@@ -189,6 +189,11 @@ def test_binarize_keeps_the_organ_not_a_distant_look_alike(tiny):
     segmenter.keep_largest_3d = False
     assert segmenter.binarize(scores)[6].sum() == 9 and segmenter.binarize(scores)[0].sum() == 4
     assert not segmenter.binarize(-np.ones((3, 8, 8), np.float32)).any()
+    # a call's own threshold (the app's per request) cuts as the model's would, and leaves the model's as it was
+    assert not segmenter.binarize(scores, threshold=1.0).any()
+    np.testing.assert_array_equal(segmenter.binarize(scores * 0.5, threshold=0.9, threshold_mode="relative"),
+                                  segmenter.binarize(scores))
+    assert (segmenter.threshold, segmenter.threshold_mode) == (0.0, "absolute")
     with pytest.raises(ValueError, match="Q, H, W"):
         keep_largest_component_3d(np.zeros((8, 8), bool))
 

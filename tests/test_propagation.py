@@ -128,6 +128,32 @@ def test_a_repeated_walk_is_remembered_and_a_changed_one_is_not():
     assert method.calls > calls
 
 
+class ThresholdedTracker(LocalTracker):
+    """A ``LocalTracker`` whose ``binarize`` takes a call's own threshold, as the network's does."""
+
+    threshold, threshold_mode = 0.0, "absolute"
+
+    def binarize(self, scores, support_masks=None, threshold=None, threshold_mode=None):
+        return (np.asarray(scores) > (self.threshold if threshold is None else threshold)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mode", ["propagate", "nearest"])
+def test_a_calls_own_threshold_reaches_binarize_and_leaves_the_method_as_it_was(mode):
+    image, label = drifting_organ()
+    drawn = draw(label, [12])
+    method = ThresholdedTracker()
+    default = segment_volume(method, image, drawn, image, same_volume=True, mode=mode).label
+    assert np.delete(default, 12, axis=0).any()
+    calls = method.calls
+    strict = segment_volume(method, image, drawn, image, same_volume=True, mode=mode, threshold=2.0).label
+    assert method.calls > calls  # not the walk remembered at the method's own threshold
+    assert (method.threshold, method.threshold_mode) == (0.0, "absolute")  # the shared method is untouched
+    np.testing.assert_array_equal(strict[12], drawn[12])
+    assert not np.delete(strict, 12, axis=0).any()  # every score is at most 1: nothing passes 2
+    again = segment_volume(method, image, drawn, image, same_volume=True, mode=mode).label
+    np.testing.assert_array_equal(again, default)
+
+
 def test_drawn_slices_stay_as_drawn_and_bad_drawings_are_refused():
     image, label = drifting_organ()
     drawn = draw(label, [12])

@@ -1,8 +1,9 @@
 """What the app's tasks and datastores share when they answer a request, read a volume of unknown
 origin or write a label file.
 
-The few-shot task (``lib.infers``) imports the PACS datastore (``lib.datastores``), so what both use
-lives here, below them. Every volume the app reads is first judged by its header alone
+What the few-shot task (``lib.infers``, ``lib.supports``) and the datastores (``lib.datastores``) both
+use lives here and in the other modules below them (``lib.request_params``, ``lib.labelmaps``), so
+neither side imports the other. Every volume the app reads is first judged by its header alone
 (``volume_header``): a file that would expand past ``max_voxels`` is refused before a voxel is
 decompressed, and an upload must be one self-contained NIfTI file (formats whose header names a
 separate data file could point anywhere on the server). Error bodies never carry server paths:
@@ -35,6 +36,11 @@ def refusal(status: int, message: str, who: str) -> HTTPException:
     it; the answer itself names files but shows no server path."""
     logger.warning(f"{who} request refused ({status}): {message}")
     return HTTPException(status_code=status, detail=without_paths(message))
+
+
+def task_refusal(status: int, message: str) -> HTTPException:
+    """A ``refusal`` by the few-shot task."""
+    return refusal(status, message, "few-shot")
 
 
 def volume_header(path: str, what: str, max_voxels: int | None, upload: bool = False):

@@ -38,7 +38,7 @@ CHUNK = 8  # slices encoded between two looks at the queue (about 1.2 s on 2 cor
 class Warmup:
     def __init__(self, work: WorkQueue, model, device: str, slice_axis: int = 2, remember: int = 8):
         self.work = work
-        self.model = model  # lib.infers.fewshot.FewShotModel
+        self.model = model  # lib.served_model.FewShotModel
         self.device = device
         self.slice_axis = slice_axis
         self._done: OrderedDict[tuple, None] = OrderedDict()  # image versions already encoded

@@ -9,6 +9,9 @@ A label of the query volume itself (the in-volume case) is propagated by default
 walked out from the drawn slices, each slice served by its segmented neighbour and the drawn slices
 around it, until the organ ends (``propagation.py``). ``mode="nearest"`` serves every slice from
 the nearest drawn slices alone (the mode before propagation existed); across volumes it is the only one.
+
+``threshold`` / ``threshold_mode`` set one call's own threshold (None: the method's), handed down to
+the method's ``binarize``: a server answering several users never changes its shared model.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 
 from scripts.data.volumes import present_values
-from scripts.engine.propagation import propagate_organ
+from scripts.engine.propagation import propagate_organ, threshold_keywords
 from scripts.network.model_config import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -74,11 +77,13 @@ def nearest_support_episodes(support_z: np.ndarray, support_depth: int, query_de
 
 def segment_volume(method, support_image: np.ndarray, support_label: np.ndarray, query_image: np.ndarray,
                    labels: dict[str, int] | None = None, max_shots: int | None = None, same_volume: bool = False,
-                   support_slices=None, mode: str = "propagate") -> Segmentation:
+                   support_slices=None, mode: str = "propagate", threshold: float | None = None,
+                   threshold_mode: str | None = None) -> Segmentation:
     """Segment every slice of ``query_image`` (D, H, W) in slice space for every organ of ``labels``
     (default: every value present in the support label, named by its value). ``mode`` applies to a
     label of the query itself (``same_volume``): ``propagate`` or ``nearest``. ``max_shots``: labelled
-    slices per query slice, nearest first (None: the model's)."""
+    slices per query slice, nearest first (None: the model's). ``threshold`` / ``threshold_mode``:
+    this call's own (None: the method's)."""
     max_shots = shots_of(method, max_shots)
     if mode not in VOLUME_MODES:
         raise SupportError(f"mode must be one of {VOLUME_MODES}, got {mode!r}")
@@ -105,8 +110,9 @@ def segment_volume(method, support_image: np.ndarray, support_label: np.ndarray,
         raise SupportError(f"labels {absent} are not in the support label (present values: {present})")
 
     names = list(labels)
+    own_threshold = threshold_keywords(threshold, threshold_mode)
     if same_volume and mode == "propagate":
-        return _propagated(method, support_label, query_image, labels, max_shots)
+        return _propagated(method, support_label, query_image, labels, max_shots, own_threshold)
     scores, masks = [], []
     plans = {}
     for name in names:
@@ -127,7 +133,7 @@ def segment_volume(method, support_image: np.ndarray, support_label: np.ndarray,
         support_masks = (support_label[episodes] == value).astype(np.float32)
         organ_scores = method.predict_scores(support_image[episodes], support_masks, query_image, query_episode, **kwargs)
         scores.append(organ_scores)
-        masks.append(method.binarize(organ_scores, support_masks=support_masks))
+        masks.append(method.binarize(organ_scores, support_masks=support_masks, **own_threshold))
         result.shots_per_label[name] = int(episodes.shape[1])
         result.support_slices[name] = [int(z) for z in support_z]
     merged = merge_organs(np.stack(scores), np.stack(masks), [labels[n] for n in names])
@@ -135,7 +141,8 @@ def segment_volume(method, support_image: np.ndarray, support_label: np.ndarray,
     return result
 
 
-def _propagated(method, label: np.ndarray, image: np.ndarray, labels: dict[str, int], max_shots: int) -> Segmentation:
+def _propagated(method, label: np.ndarray, image: np.ndarray, labels: dict[str, int], max_shots: int,
+                own_threshold: dict) -> Segmentation:
     """Every organ propagated through the volume from its drawn slices, merged as in the nearest
     mode; the drawn slices stay exactly as drawn."""
     # encoded as the walks reach them: the slices an organ never reaches are never encoded
@@ -145,7 +152,7 @@ def _propagated(method, label: np.ndarray, image: np.ndarray, labels: dict[str, 
     for name, value in labels.items():
         drawn_z = labelled_slices(label, value)
         organ_scores, organ_masks = propagate_organ(
-            method, image, {int(z): label[z] == value for z in drawn_z}, max_shots, latents)
+            method, image, {int(z): label[z] == value for z in drawn_z}, max_shots, latents, **own_threshold)
         scores.append(organ_scores)
         masks.append(organ_masks)
         result.shots_per_label[name] = int(min(max_shots, len(drawn_z) + 1))
@@ -202,7 +209,7 @@ def _same_file(a, b) -> bool:
 
 def segment_files(method, support_image_path, support_label_path, query_image_path, labels=None,
                   max_shots: int | None = None, support_slices=None, slice_axis: int = 2, mode: str = "propagate",
-                  timings: dict | None = None):
+                  timings: dict | None = None, threshold: float | None = None, threshold_mode: str | None = None):
     """Files in (anything MONAI's LoadImage reads), label volume out on the query's original grid.
 
     Returns (label array in the query file's original shape, the query ``Volume`` (its ``meta`` has
@@ -211,7 +218,8 @@ def segment_files(method, support_image_path, support_label_path, query_image_pa
     as drawn. Another query is read in the support's orientation (from both affines; ``slice_axis``
     is the support file's), so its slices meet the support's as in space, and mapped back after; a
     query whose slices lie too far from the support's is refused (``DataError``). ``timings``, if
-    given, receives the seconds of each part: ``load``, ``segment``, ``map_back``."""
+    given, receives the seconds of each part: ``load``, ``segment``, ``map_back``. ``threshold`` /
+    ``threshold_mode``: this call's own (None: the method's)."""
     from scripts.data.volumes import load_volume, matching_orientation, read_header, to_original_grid
 
     start = time.perf_counter()
@@ -225,7 +233,7 @@ def segment_files(method, support_image_path, support_label_path, query_image_pa
         query = load_volume(query_image_path, slice_axis=slice_axis, axcodes=codes)
     loaded = time.perf_counter()
     result = segment_volume(method, support.image, support.label, query.image, labels, max_shots,
-                            same_volume, support_slices, mode)
+                            same_volume, support_slices, mode, threshold, threshold_mode)
     segmented = time.perf_counter()
     label = to_original_grid(result.label, query)
     if timings is not None:

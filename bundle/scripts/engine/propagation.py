@@ -29,6 +29,8 @@ support-copy baselines are propagated by the same code as the network.
 A walk's result is remembered per method (the last ``MEMO_SIZE`` organs), keyed by the volume's and
 the drawn masks' contents and everything that shapes the walk (shots, stop rule, threshold): a
 repeated call, or one that adds or edits another organ of the volume, walks only what changed.
+A call may set its own threshold (``threshold`` / ``threshold_mode``, handed to ``binarize``)
+instead of the method's.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from scipy import ndimage
 
 from scripts.network.model_config import ModelConfig
 
-__all__ = ["StopRule", "propagate_organ", "clear_memo"]
+__all__ = ["StopRule", "propagate_organ", "clear_memo", "threshold_keywords"]
 
 MEMO_SIZE = 8  # organs remembered per method: a 40-slice 256x256 organ holds about 13 MB
 _memo: "weakref.WeakKeyDictionary[object, OrderedDict]" = weakref.WeakKeyDictionary()
@@ -54,11 +56,19 @@ def clear_memo() -> None:
     _memo.clear()
 
 
-def _memo_key(method, image: np.ndarray, drawn: dict, max_shots: int, rule) -> str:
+def threshold_keywords(threshold: float | None = None, threshold_mode: str | None = None) -> dict:
+    """What a call hands ``method.binarize`` for its own threshold: only what it sets, so a method
+    whose ``binarize`` takes no threshold (the baselines) is called as before."""
+    return {key: value for key, value in (("threshold", threshold), ("threshold_mode", threshold_mode))
+            if value is not None}
+
+
+def _memo_key(method, image: np.ndarray, drawn: dict, max_shots: int, rule, own_threshold: dict) -> str:
     digest = hashlib.blake2b(digest_size=16)
     digest.update(np.ascontiguousarray(image, dtype=np.float32).tobytes())
-    digest.update(repr((image.shape, sorted(drawn), max_shots, astuple(rule), getattr(method, "threshold", None),
-                        getattr(method, "threshold_mode", None))).encode())
+    threshold = own_threshold.get("threshold", getattr(method, "threshold", None))
+    threshold_mode = own_threshold.get("threshold_mode", getattr(method, "threshold_mode", None))
+    digest.update(repr((image.shape, sorted(drawn), max_shots, astuple(rule), threshold, threshold_mode)).encode())
     for z in sorted(drawn):
         digest.update(np.packbits(np.asarray(drawn[z]) > 0).tobytes())
     return digest.hexdigest()
@@ -85,11 +95,13 @@ def _grow(mask: np.ndarray, margin: int) -> np.ndarray:
 
 
 def propagate_organ(method, image: np.ndarray, drawn: dict[int, np.ndarray], max_shots: int = ModelConfig.max_shots,
-                    latents=None, rule: StopRule = StopRule()) -> tuple[np.ndarray, np.ndarray]:
+                    latents=None, rule: StopRule = StopRule(), threshold: float | None = None,
+                    threshold_mode: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One organ of one volume: ``image`` (D, H, W), ``drawn`` {slice index: (H, W) mask} of the
     slices the user drew (each non-empty). ``latents``: the volume's latents (D, C, h, w), or
     anything indexed like them (``SliceLatents``: each slice encoded when the walk first needs it),
-    for a method that takes them (the network), so nothing is encoded twice.
+    for a method that takes them (the network), so nothing is encoded twice. ``threshold`` /
+    ``threshold_mode``: this call's own (None: the method's).
     Returns (scores (D, H, W) float32, masks (D, H, W) bool); drawn slices come back as drawn."""
     image = np.asarray(image, dtype=np.float32)
     if not drawn:
@@ -98,12 +110,13 @@ def propagate_organ(method, image: np.ndarray, drawn: dict[int, np.ndarray], max
         memo = _memo.setdefault(method, OrderedDict())
     except TypeError:  # a method that cannot be weakly referenced is not remembered
         memo = None
-    key = _memo_key(method, image, drawn, max_shots, rule) if memo is not None else None
+    own_threshold = threshold_keywords(threshold, threshold_mode)
+    key = _memo_key(method, image, drawn, max_shots, rule, own_threshold) if memo is not None else None
     if key in (memo or {}):
         memo.move_to_end(key)
         scores, masks = memo[key]
         return scores.copy(), masks.copy()
-    scores, masks = _walk(method, image, drawn, max_shots, latents, rule)
+    scores, masks = _walk(method, image, drawn, max_shots, latents, rule, own_threshold)
     if memo is not None:
         memo[key] = (scores.copy(), masks.copy())
         while len(memo) > MEMO_SIZE:
@@ -111,7 +124,7 @@ def propagate_organ(method, image: np.ndarray, drawn: dict[int, np.ndarray], max
     return scores, masks
 
 
-def _walk(method, image, drawn, max_shots, latents, rule):
+def _walk(method, image, drawn, max_shots, latents, rule, own_threshold):
     depth = image.shape[0]
     drawn_z = np.array(sorted(drawn), dtype=int)
     masks = np.zeros(image.shape, dtype=bool)
@@ -135,7 +148,7 @@ def _walk(method, image, drawn, max_shots, latents, rule):
         if not targets:
             break
         plans = {z: _supports(z, [w.z for w in ws], drawn_z, max_shots) for z, ws in targets.items()}
-        predicted = _predict(method, image, masks, plans, latents)
+        predicted = _predict(method, image, masks, plans, latents, own_threshold)
         walks = []
         for z, ws in targets.items():
             score, mask = predicted[z]
@@ -165,7 +178,7 @@ def _supports(z: int, neighbours: list[int], drawn_z: np.ndarray, max_shots: int
     return tuple(out[:max(1, max_shots)])
 
 
-def _predict(method, image, masks, plans: dict[int, tuple[int, ...]], latents) -> dict:
+def _predict(method, image, masks, plans: dict[int, tuple[int, ...]], latents, own_threshold: dict) -> dict:
     """One call of the method per number of shots for all target slices of this step; returns
     {z: (scores (H, W), binary mask (H, W))}."""
     out = {}
@@ -180,7 +193,8 @@ def _predict(method, image, masks, plans: dict[int, tuple[int, ...]], latents) -
             kwargs = {"query_latents": latents[zs], "support_latents": latents[episodes.reshape(-1)]}
         scores = method.predict_scores(image[episodes], support_masks, image[zs], np.arange(len(zs)), **kwargs)
         for i, z in enumerate(zs):
-            binary = np.asarray(method.binarize(scores[i:i + 1], support_masks=support_masks[i:i + 1]))[0] > 0
+            binary = method.binarize(scores[i:i + 1], support_masks=support_masks[i:i + 1], **own_threshold)
+            binary = np.asarray(binary)[0] > 0
             out[z] = (np.asarray(scores[i], dtype=np.float32), binary)
     return out
 

@@ -180,10 +180,13 @@ class FewShotSegmenter(nn.Module):
         self.train(was_training)
         return torch.cat(scores).float().cpu().numpy()
 
-    def binarize(self, scores: np.ndarray, support_masks: np.ndarray | None = None) -> np.ndarray:
+    def binarize(self, scores: np.ndarray, support_masks: np.ndarray | None = None, threshold: float | None = None,
+                 threshold_mode: str | None = None) -> np.ndarray:
         """Scores (Q, H, W) -> masks. ``support_masks`` (..., H, W): the support of these scores, which
-        ``component_3d: support`` needs to pick the 3D component."""
-        masks = threshold_scores(scores, self.threshold, self.threshold_mode)
+        ``component_3d: support`` needs to pick the 3D component. ``threshold`` / ``threshold_mode``:
+        one call's own (None: the model's), so concurrent callers never change the shared model."""
+        masks = threshold_scores(scores, self.threshold if threshold is None else threshold,
+                                 threshold_mode or self.threshold_mode)
         if self.keep_largest_3d and self.component_3d == "support":
             if support_masks is None:
                 raise ValueError("component_3d 'support' picks the component by the support masks: pass them")

@@ -64,10 +64,12 @@ from monailabel.utils.others.generic import strtobool
 from scripts.network.model_config import ModelConfig
 
 from lib import REPO
-from lib.infers.fewshot import VOLUME_MODES, FewShotInfer, FewShotModel, PredictionRecord
+from lib.infers.fewshot import FewShotInfer
+from lib.prediction_record import PredictionRecord
 from lib.responses import DEFAULT_MAX_VOXELS
-from lib.served_model import ServedModel
+from lib.served_model import FewShotModel, ServedModel
 from lib.trainers.fewshot import FewShotTrain
+from scripts.engine.inferer import VOLUME_MODES
 
 logger = logging.getLogger(__name__)
 

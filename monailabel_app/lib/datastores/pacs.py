@@ -43,6 +43,7 @@ from monailabel.datastore.utils.dicom import dicom_web_download_series
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from lib.datastores.dicom_seg import SegError, is_ours, read_seg, referenced_series, segment_names, write_seg
+from lib.request_params import parse_label_info  # the label's label_info, read as the infer task reads it
 from lib.responses import DEFAULT_MAX_VOXELS, check_label_on_image, refusal, write_label_like
 
 logger = logging.getLogger(__name__)
@@ -325,8 +326,6 @@ class PacsDatastore(DICOMWebDatastore):
                    label_id: str = "") -> str:
         """``PUT /datastore/label``: a final label goes to the PACS as a SEG drawn by a person."""
         import SimpleITK as sitk
-
-        from lib.infers.fewshot import parse_label_info  # the request's label_info, as the task reads it
 
         converted = ""
         if "".join(Path(label_filename).suffixes) == ".bin":  # OHIF's raw labelmap

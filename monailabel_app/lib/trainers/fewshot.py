@@ -51,7 +51,8 @@ from scripts.network.model_config import TRAINED, ModelConfig
 from scripts.network.model_file import as_single_file, load_checkpoint_file
 
 from lib import BUNDLE
-from lib.infers.fewshot import ignored_segment, label_values, parse_label_info
+from lib.labelmaps import ignored_segment, label_values
+from lib.request_params import parse_label_info
 from lib.responses import DEFAULT_MAX_VOXELS, check_label_on_image, without_paths, write_label_like
 from lib.served_model import ServedModel
 
