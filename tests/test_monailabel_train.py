@@ -198,6 +198,7 @@ def test_two_servers_on_one_app_folder_do_not_train_at_once(tmp_path, monkeypatc
 def test_a_new_model_serves_only_if_its_validation_is_not_worse_and_the_previous_is_kept(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "monailabel_app"))
     from lib.served_model import ServedModel
+    from scripts.network.model_file import load_checkpoint_file
 
     datastore = _datastore(tmp_path, [{}, {}])
     checkpoint = _tiny_checkpoint(tmp_path / "model.pt")
@@ -212,7 +213,9 @@ def test_a_new_model_serves_only_if_its_validation_is_not_worse_and_the_previous
     stats = train(0.5, 0.6)
     assert stats["promoted"] and stats["checkpoint"] == str(train_dir / "model.pt")
     first = (train_dir / "model.pt").read_bytes()
-    assert first.startswith(base) and first != base  # the new model, copied in whole
+    # the run's model, served as one file that one rename replaces (model_file.as_single_file)
+    assert first == (Path(stats["run_dir"]) / "model.served.pt").read_bytes() and first != base
+    assert load_checkpoint_file(train_dir / "model.pt")["config"]["preset"] == "tiny"
 
     stats = train(0.5, 0.4)  # worse: kept in its run folder, not served
     assert not stats["promoted"] and (Path(stats["run_dir"]) / "model.pt").is_file()
@@ -221,7 +224,7 @@ def test_a_new_model_serves_only_if_its_validation_is_not_worse_and_the_previous
     stats = train(0.5, 0.5)  # equal is not worse: it serves, and the one it replaces is kept
     assert stats["promoted"] and stats["started_from"] == str(train_dir / "model.pt")
     assert (train_dir / "model.previous.pt").read_bytes() == first
-    assert (train_dir / "model.pt").read_bytes() == (Path(stats["run_dir"]) / "model.pt").read_bytes()
+    assert (train_dir / "model.pt").read_bytes() == (Path(stats["run_dir"]) / "model.served.pt").read_bytes()
     assert checkpoint.read_bytes() == base
     # a server started on another checkpoint serves that one, not a fine-tuning of this one
     assert ServedModel(_tiny_checkpoint(tmp_path / "other.pt"), train_dir).path() == str(tmp_path / "other.pt")
