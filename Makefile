@@ -1,5 +1,6 @@
 # `make demo`, `make train-demo` and `make test` each set up everything they need (.venv with the
-# pinned stack) and are idempotent: the install runs again only when a requirements file changes.
+# pinned stack and this repository installed editable) and are idempotent: the install runs again
+# only when a requirements file or pyproject.toml changes.
 PYTHON ?= python3
 VENV := .venv
 PY := $(CURDIR)/$(VENV)/bin/python
@@ -40,9 +41,12 @@ export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 
 setup: $(STAMP)
 
-$(STAMP): requirements/requirements.txt requirements/constraints.txt requirements/lock.txt
+# The editable install (pyproject.toml) makes the bundle's `scripts` importable from anywhere, from
+# this checkout; no build isolation: setuptools comes with the stack.
+$(STAMP): requirements/requirements.txt requirements/constraints.txt requirements/lock.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements/requirements.txt -c requirements/lock.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
 	touch $(STAMP)
 

@@ -82,7 +82,6 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-import lib  # noqa: F401  (puts bundle/ on sys.path)
 from lib.datastores.pacs import PacsDatastore
 from lib.responses import DEFAULT_MAX_VOXELS, read_label, refusal, volume_header, write_label_like
 from scripts.data.volumes import DataError
