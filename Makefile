@@ -1,5 +1,6 @@
 # `make demo`, `make train-demo` and `make test` each set up everything they need (.venv with the
-# pinned stack) and are idempotent: the install runs again only when a requirements file changes.
+# pinned stack and this repository installed editable) and are idempotent: the install runs again
+# only when a requirements file or pyproject.toml changes.
 PYTHON ?= python3
 VENV := .venv
 PY := $(CURDIR)/$(VENV)/bin/python
@@ -40,9 +41,12 @@ export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 
 setup: $(STAMP)
 
-$(STAMP): requirements/requirements.txt requirements/constraints.txt requirements/lock.txt
+# The editable install (pyproject.toml) makes the bundle's `scripts` and the repository's `tools`
+# importable from anywhere, from this checkout; no build isolation: setuptools comes with the stack.
+$(STAMP): requirements/requirements.txt requirements/constraints.txt requirements/lock.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements/requirements.txt -c requirements/lock.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
 	touch $(STAMP)
 
@@ -83,12 +87,12 @@ train-demo: setup
 	$(PY) bundle/scripts/protocol/compare.py bundle/runs/$(DEMO_RUN)/eval
 	@echo; echo "$(TRAIN_DEMO_NOTE)"; echo "reports: bundle/runs/$(DEMO_RUN)/eval"
 
-# One accuracy table of the protocol as resumable jobs (bundle/scripts/runner/README.md):
+# One accuracy table of the protocol as resumable jobs (tools/runner/README.md):
 #   make accuracy TABLE=chaost2_s1 [ONLY=pattern] [MAX_JOBS=1] [STEPS=3000]
 # (STEPS counts only when given on the command line: the demo's default is not the table's budget)
 accuracy: setup
 	@test -n "$(TABLE)" || { echo "set TABLE=chaost2_s1|chaost2_s2|cmr|cmr_abdominal_gt|chaost2_ablation|chaost2_s1_curve|chaost2_s1_draw"; exit 2; }
-	cd bundle && $(PY) -m scripts.runner run --table $(TABLE) $(if $(ONLY),--only '$(ONLY)',) \
+	$(PY) -m tools.runner run --table $(TABLE) $(if $(ONLY),--only '$(ONLY)',) \
 		$(if $(MAX_JOBS),--max-jobs $(MAX_JOBS),) $(if $(filter command line,$(origin STEPS)),--steps $(STEPS),)
 
 # The checkpoint the bundle ships (bundle/models/README.md): the compact U-Net trained on CHAOST2's
@@ -116,9 +120,9 @@ OUT ?= bench/results/gpu
 gpu:
 	$(PYTHON) bench/gpu_bench.py --out $(OUT) --pack $(CURDIR)/.gpu_pack
 
-# The model zoo's archive of this version: dist/sd_fsmis_fewshot_v<version>.zip (bundle/scripts/zoo)
+# The model zoo's archive of this version: dist/sd_fsmis_fewshot_v<version>.zip (tools/zoo)
 zoo-package: setup
-	cd bundle && $(PY) -m scripts.zoo.package --out $(CURDIR)/dist
+	$(PY) -m tools.zoo.package --out $(CURDIR)/dist
 
 clean:
 	rm -rf $(VENV) .cache .data bundle/runs bundle/.cache

@@ -42,7 +42,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
-for path in (REPO / "bench", REPO / "monailabel_app", REPO / "bundle"):
+for path in (REPO / "bench", REPO / "monailabel_app"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 os.environ.setdefault("MPLCONFIGDIR", str(REPO / ".cache" / "matplotlib"))

@@ -35,7 +35,6 @@ def prepare_call(work: Path, depth: int = 40, organs: int = 1, size: int = 256, 
     import nibabel as nib
     import numpy as np
 
-    import lib  # noqa: F401  (bundle/ on sys.path)
     from scripts.data.phantoms import write_phantom_dataset
     from scripts.network.model_file import save_checkpoint_file
     from scripts.network.presets import build_segmenter

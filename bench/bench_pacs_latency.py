@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "monailabel_app"), str(REPO / "bundle")]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "monailabel_app")]
 os.environ.setdefault("MPLCONFIGDIR", str(REPO / ".cache" / "matplotlib"))
 
 

@@ -24,22 +24,19 @@ import datetime
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from result_file import publish  # bench/, the script's own folder
+from scripts.data.volumes import load_volume
+from scripts.engine.inferer import segment_volume
+from scripts.engine.propagation import clear_memo
+from scripts.network.presets import build_segmenter
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bundle"))
-
-from scripts.data.volumes import load_volume  # noqa: E402
-from scripts.engine.inferer import segment_volume  # noqa: E402
-from scripts.engine.propagation import clear_memo  # noqa: E402
-from scripts.network.presets import build_segmenter  # noqa: E402
-from result_file import publish  # noqa: E402  (bench/, the script's own folder)
-
 SAMPLE = REPO / "bundle" / "sample" / "chaost2"
 WHOLE = "first call, every slice encoded first (before: the walk now encodes the slices it reaches)"
 

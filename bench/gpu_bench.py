@@ -15,7 +15,7 @@ registry) that lends a few minutes: it installs what is missing from the wheels 
    the whole U-Net); inference is one 40-slice volume. CUDA events after warm-up, median of
    repeats, peak GPU memory per row;
 2. the same for the ``compact`` preset (pixel-unshuffle latents, 64x32x32);
-3. the rest of the budget on queued accuracy jobs through ``scripts.runner`` (CHAOST2 and TAEF2
+3. the rest of the budget on queued accuracy jobs through ``tools.runner`` (CHAOST2 and TAEF2
    unpacked from the pack), if that package imports; otherwise a log line says it was skipped;
 4. ``gpu_bench.log``, ``gpu_bench.md`` (the table), ``gpu_bench.json`` and, if jobs ran,
    ``accuracy.tar.gz`` in ``--out``.
@@ -430,12 +430,14 @@ def run_rows(model_name: str, kind: str, levers, args, clock: Clock, device, row
 
 # ---- 3. accuracy jobs ------------------------------------------------------------------------------------------
 def accuracy(args, clock: Clock, work: Path, out: Path) -> dict:
-    if str(BUNDLE) not in sys.path:
-        sys.path.insert(0, str(BUNDLE))
+    # no `make setup` on the GPU machine: the paths its editable install would give, here and to the runner
+    paths = [str(BUNDLE), str(REPO)]
+    sys.path[:0] = [path for path in paths if path not in sys.path]
+    runner_env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [*paths, os.environ.get("PYTHONPATH")])))
     try:
-        importlib.import_module("scripts.runner")
+        importlib.import_module("tools.runner")
     except Exception as error:
-        log.info("accuracy jobs skipped: scripts.runner does not import here (%s)", error)
+        log.info("accuracy jobs skipped: tools.runner does not import here (%s)", error)
         return {"status": f"skipped: no runner ({type(error).__name__})"}
     shared = work / "shared"
     data = Path(args.pack) / "data" / "chaost2.npz"
@@ -457,9 +459,9 @@ def accuracy(args, clock: Clock, work: Path, out: Path) -> dict:
         log.error("accuracy jobs skipped: cannot unpack the data (%s)\n%s", error, traceback.format_exc())
         return {"status": f"failed: unpack: {error}"}
     common = ["--home", str(work / "runner_home"), "--results", str(work / "accuracy"), "--shared", str(shared)]
-    listing = subprocess.run([sys.executable, "-m", "scripts.runner", "list", "--table", args.accuracy_table,
+    listing = subprocess.run([sys.executable, "-m", "tools.runner", "list", "--table", args.accuracy_table,
                               *(["--only", args.accuracy_only] if args.accuracy_only else []), *common],
-                             cwd=BUNDLE, capture_output=True, text=True, timeout=120)
+                             cwd=REPO, env=runner_env, capture_output=True, text=True, timeout=120)
     queued = [line for line in listing.stdout.splitlines() if line.strip()]
     log.info("accuracy jobs queued (%s, %s): %s", args.accuracy_table, args.accuracy_only or "all", queued or listing.stderr[-500:])
     left = clock.left() - 20
@@ -467,12 +469,13 @@ def accuracy(args, clock: Clock, work: Path, out: Path) -> dict:
         reason = "tiny run: listing only" if args.tiny else f"{left:.0f} s left"
         log.info("accuracy jobs not run (%s)", reason)
         return {"status": f"not run: {reason}", "queued": queued}
-    command = [sys.executable, "-m", "scripts.runner", "run", "--table", args.accuracy_table, "--max-jobs", "1",
+    command = [sys.executable, "-m", "tools.runner", "run", "--table", args.accuracy_table, "--max-jobs", "1",
                *(["--only", args.accuracy_only] if args.accuracy_only else []), *common]
     log.info("running accuracy jobs for at most %.0f s: %s", left, " ".join(command))
     runner_log = out / "accuracy_runner.log"
     with open(runner_log, "w") as stream:
-        process = subprocess.Popen(command, cwd=BUNDLE, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, cwd=REPO, env=runner_env, stdout=stream, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
         try:
             rc = process.wait(timeout=left)
             status = f"runner finished, rc {rc}"

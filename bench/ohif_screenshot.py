@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "monailabel_app"), str(REPO / "bundle")]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "monailabel_app")]
 
 
 def main() -> None:

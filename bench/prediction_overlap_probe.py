@@ -15,14 +15,10 @@ prediction on each structure and how much of each structure it covers.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
-
-from scripts.network.postprocess import COMPONENT_RULES  # noqa: E402
+from scripts.network.postprocess import COMPONENT_RULES
 
 
 def main(argv=None) -> None:

@@ -15,12 +15,8 @@ temperature, how often a pixel passes the threshold and where the averaged pixel
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
 
 def main(argv=None) -> None:

@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from result_file import publish  # bench/, the script's own folder
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bundle"))
-from result_file import publish  # noqa: E402  (bench/, the script's own folder)
 
 IOUS = (0.0, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
 SCORE_RATIOS = (0.0, 0.8, 0.85, 0.88, 0.9, 0.92, 0.95)

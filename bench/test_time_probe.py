@@ -17,16 +17,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from result_file import publish  # bench/, the script's own folder
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bundle"))
-from result_file import publish  # noqa: E402  (bench/, the script's own folder)
 
 
 def main(argv=None) -> str:

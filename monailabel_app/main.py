@@ -21,7 +21,6 @@ import os
 import time
 from typing import Dict
 
-import lib  # noqa: F401  (puts <repo>/bundle on sys.path before anything imports `scripts`)
 from lib.configs.fewshot import FewShot
 from lib.datastores.local import CheckedDatastore
 from lib.datastores.pacs import PacsDatastore

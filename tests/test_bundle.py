@@ -244,7 +244,7 @@ def test_two_process_ddp_training_on_cpu(phantom_dir, tmp_path):
 
 
 def test_docs_figures_are_drawn_from_a_run(trained, phantom_dir, tmp_path):
-    from scripts.docs.figures import main
+    from tools.docs.figures import main
 
     out, _ = trained
     main(["--run", str(out), "--dataset", "phantom", "--dataset_dir", str(phantom_dir), "--support", "1",

@@ -2,7 +2,7 @@
 committed accuracy tables (results/accuracy/<table>.json): no number on them is copied by hand.
 
 If the first test fails after new results landed, rewrite both and commit them:
-    cd bundle && ../.venv/bin/python -m scripts.runner results-page
+    .venv/bin/python -m tools.runner results-page
 """
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.runner import results_page as rp
+from tools.runner import results_page as rp
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -156,7 +156,7 @@ def test_the_in_volume_table_reads_the_draw_table_or_says_it_is_missing():
 
 
 def test_the_runner_command_line(tmp_path, tables, monkeypatch, capsys):
-    from scripts.runner.__main__ import main
+    from tools.runner.__main__ import main
 
     assert main(["results-page", "--check"]) == 0  # the committed files, as the first test
     results = tmp_path / "results"

@@ -1,4 +1,4 @@
-"""The accuracy runner (scripts.runner): tables -> jobs, resumable execution, result files, tables.
+"""The accuracy runner (tools.runner): tables -> jobs, resumable execution, result files, tables.
 
 Most tests drive the runner through a fake command runner that writes what the bundle commands
 write (checkpoints, model.pt, protocol reports), so they take milliseconds; one test runs a real
@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from scripts.protocol.report import write_report
-from scripts.runner import background, execute
-from scripts.runner.aggregate import aggregate_table, markdown, write_table
-from scripts.runner.execute import _Lock, load_result, run_job, run_subprocess, run_table
-from scripts.runner.jobs import Workspace, evaluate_command, expand, select, train_command
-from scripts.runner.tables import TABLES, Table
+from tools.runner import background, execute
+from tools.runner.aggregate import aggregate_table, markdown, write_table
+from tools.runner.execute import _Lock, load_result, run_job, run_subprocess, run_table
+from tools.runner.jobs import Workspace, evaluate_command, expand, select, train_command
+from tools.runner.tables import TABLES, Table
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
@@ -394,7 +394,7 @@ def test_aggregate_marks_incomplete_rows_and_never_shows_an_unfinished_number(ws
 # ---- command line, background -------------------------------------------------------------------
 
 def _cli(*args, env=None, timeout=60):
-    return subprocess.run([sys.executable, "-m", "scripts.runner", *args], cwd=BUNDLE, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tools.runner", *args], cwd=REPO, capture_output=True, text=True,
                           env=env or dict(os.environ), timeout=timeout)
 
 

@@ -115,7 +115,7 @@ def test_metadata_passes_the_zoo_schema_and_a_broken_one_does_not(tmp_path):
 
 
 def test_version_changelog_and_docs_move_together():
-    from scripts.zoo import BUNDLE_NAME
+    from tools.zoo import BUNDLE_NAME
 
     meta = metadata()
     versions = list(meta["changelog"])
@@ -194,7 +194,7 @@ def test_bundle_files_licences_and_readme_follow_the_zoo():
 
 
 def test_packaging_skips_what_runs_leave_and_refuses_a_file_over_the_zoo_limit(tmp_path):
-    from scripts.zoo.package import bundle_files
+    from tools.zoo.package import bundle_files
 
     copy = tmp_path / "bundle"
     shutil.copytree(BUNDLE / "configs", copy / "configs")
@@ -340,7 +340,7 @@ def _stage_without_taesd(dest: Path) -> Path:
 def published(server, tmp_path_factory):
     """The release as the zoo would host it, on 127.0.0.1: the zip made by the packaging command,
     with large_files.yml pointing at the same server, and the large files beside it."""
-    from scripts.zoo import BUNDLE_NAME
+    from tools.zoo import BUNDLE_NAME
 
     served, base = server
     (served / "models" / "taef2").mkdir(parents=True)
@@ -353,8 +353,8 @@ def published(server, tmp_path_factory):
             (served / "weights" / "taesd" / name).symlink_to(WEIGHTS / "taesd" / name)
     else:
         source = _stage_without_taesd(tmp_path_factory.mktemp("staged") / "bundle")
-    proc = subprocess.run([PY, "-m", "scripts.zoo.package", "--out", str(served), "--bundle_root", str(source),
-                           "--large_files_mirror", base], cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([PY, "-m", "tools.zoo.package", "--out", str(served), "--bundle_root", str(source),
+                           "--large_files_mirror", base], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     archive = served / f"{BUNDLE_NAME}_v{metadata()['version']}.zip"
     assert archive.is_file() and str(archive) in proc.stdout
@@ -362,8 +362,8 @@ def published(server, tmp_path_factory):
 
 
 def test_the_zip_is_the_zoo_archive(published, tmp_path):
-    from scripts.zoo import BUNDLE_NAME
-    from scripts.zoo.package import package
+    from tools.zoo import BUNDLE_NAME
+    from tools.zoo.package import package
 
     archive, base, source = published
     with zipfile.ZipFile(archive) as z:
@@ -379,6 +379,11 @@ def test_the_zip_is_the_zoo_archive(published, tmp_path):
             assert f"{BUNDLE_NAME}/{shipped}" in names, shipped
         assert f"{BUNDLE_NAME}/models/taef2/taef2_encoder.pth" not in names  # a large file: fetched
         assert not [n for n in names if re.search(r"/(weights|runs|eval|__pycache__)/|\.pyc$", n)]
+        # what running the model needs, no more: the research tooling (tools/) stays in the repository,
+        # and nothing shipped imports it
+        assert not [n for n in names if re.search(r"/scripts/(runner|zoo|docs)/|/tools/", n)]
+        code = {n: z.read(n).decode() for n in names if n.endswith(".py")}
+        assert not [n for n, text in code.items() if re.search(r"^\s*(from|import) tools\b", text, re.M)]
         assert max(info.file_size for info in infos.values()) <= ZOO_LIMIT
         assert z.read(f"{BUNDLE_NAME}/configs/inference.yaml") == Path(INFERENCE).read_bytes()
         shipped_list = z.read(f"{BUNDLE_NAME}/large_files.yml").decode()
@@ -406,8 +411,8 @@ def test_zoo_user_downloads_fetches_large_files_and_runs_inference(published, ph
     from the downloaded folder on a phantom support and queries: NIfTI on the query's grid."""
     from monai.bundle import download_large_files
 
-    from scripts.zoo import BUNDLE_NAME
-    from scripts.zoo.large_files import read_large_files
+    from tools.zoo import BUNDLE_NAME
+    from tools.zoo.large_files import read_large_files
 
     archive, base, _ = published
     env = dict(os.environ, OMP_NUM_THREADS="2", **LOCAL)
@@ -449,8 +454,8 @@ def test_zoo_user_downloads_fetches_large_files_and_runs_inference(published, ph
 
 # ---- bad downloads ----------------------------------------------------------------------------------
 def test_fetch_refuses_a_zip_of_another_version_and_extracts_nothing(published, tmp_path):
-    from scripts.zoo import BUNDLE_NAME
-    from scripts.zoo.fetch import FetchError, fetch_bundle
+    from tools.zoo import BUNDLE_NAME
+    from tools.zoo.fetch import FetchError, fetch_bundle
 
     archive, base, _ = published
     served = archive.parent
@@ -497,7 +502,7 @@ def test_fetch_large_files_with_a_hash_mismatch_writes_nothing(small_release):
     from monai.apps.utils import HashCheckError
     from monai.bundle import download_large_files
 
-    from scripts.zoo.fetch import FetchError, fetch_large_files
+    from tools.zoo.fetch import FetchError, fetch_large_files
 
     bundle, release = small_release
     (release / "b.bin").write_bytes(b"tampered")
@@ -510,7 +515,7 @@ def test_fetch_large_files_with_a_hash_mismatch_writes_nothing(small_release):
 
 
 def test_fetch_large_files_with_a_missing_file_writes_nothing_then_fetches_all(small_release):
-    from scripts.zoo.fetch import FetchError, fetch_large_files
+    from tools.zoo.fetch import FetchError, fetch_large_files
 
     bundle, release = small_release
     (release / "a.bin").rename(release / "a.bin.away")

@@ -6,8 +6,8 @@ extracted as it is, and a failure part-way through the large files leaves the ea
 This does the same work in a temporary folder beside the target and moves it into place only once
 everything is checked; otherwise it raises ``FetchError`` saying what and where, and leaves no trace.
 
-    python -m scripts.zoo.fetch bundle --url <zip URL or path> --bundle_dir <dir> [--version 0.4.1] [--sha256 <hash>]
-    python -m scripts.zoo.fetch large_files --bundle_path <dir>/sd_fsmis_fewshot
+    python -m tools.zoo.fetch bundle --url <zip URL or path> --bundle_dir <dir> [--version 0.4.1] [--sha256 <hash>]
+    python -m tools.zoo.fetch large_files --bundle_path <dir>/sd_fsmis_fewshot
 """
 
 from __future__ import annotations

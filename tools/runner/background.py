@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .execute import (_read_json, _write_json, failure_path, job_lock_holder, load_result, pid_alive,
                       training_progress)
-from .jobs import Job, Workspace, expand
+from .jobs import REPO, Job, Workspace, expand
 from .tables import Table
 
 __all__ = ["register_runner", "live_runners", "start", "stop", "status"]
@@ -48,18 +48,18 @@ def live_runners(ws: Workspace, table: str) -> list[dict]:
 
 
 def start(ws: Workspace, table: Table, run_args: list[str]) -> dict:
-    """Launch `python -m scripts.runner run --table NAME ...` with nohup in its own session, output
+    """Launch `python -m tools.runner run --table NAME ...` with nohup in its own session, output
     to `<home>/logs/<table>/runner.log`; returns its pid file's content."""
     running = live_runners(ws, table.name)
     if running:
         raise RuntimeError(f"a runner of {table.name} is already running (pid {running[0]['pid']}); "
-                           f"`python -m scripts.runner stop --table {table.name}` first")
+                           f"`python -m tools.runner stop --table {table.name}` first")
     log = ws.home / "logs" / table.name / "runner.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    argv = ["nohup", sys.executable, "-m", "scripts.runner", "run", "--table", table.name, *run_args]
+    argv = ["nohup", sys.executable, "-m", "tools.runner", "run", "--table", table.name, *run_args]
     env = dict(os.environ, SDFSMIS_RUNNER_HOME=str(ws.home), PYTHONUNBUFFERED="1")
     with open(log, "a") as out:
-        proc = subprocess.Popen(argv, cwd=ws.bundle, env=env, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     for _ in range(100):  # until the runner has written its pid file (it imports little)
         time.sleep(0.1)

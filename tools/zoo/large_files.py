@@ -1,6 +1,6 @@
 """The bundle's ``large_files.yml`` (or ``.yaml`` / ``.json``, as the zoo accepts): files the bundle
 uses but does not ship, each with its public ``url``, ``hash_val`` and ``hash_type``; MONAI's
-``download_large_files`` and ``scripts.zoo.fetch`` both read it."""
+``download_large_files`` and ``tools.zoo.fetch`` both read it."""
 
 from __future__ import annotations
 

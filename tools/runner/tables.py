@@ -2,7 +2,7 @@
 
 A table is a dataset, its test label groups (one model per group and fold), the folds, a training
 budget in steps (the same for every fold), and rows: the methods and variants to set side by side.
-`scripts.runner.jobs.expand` turns a table into independent jobs, one per (row, group, fold).
+`tools.runner.jobs.expand` turns a table into independent jobs, one per (row, group, fold).
 
 Row keys (all optional except ``method``; unset keys take the table's ``defaults``, then the
 training workflow's own defaults):
@@ -19,14 +19,14 @@ training workflow's own defaults):
                   every class and patient of them (train.yaml's extra_datasets)
   mixture_weights (main, extra, ...): the datasets' shares of the episodes
 
-To add a table, add an entry to ``TABLES``; `python -m scripts.runner list --table NAME` shows its jobs.
+To add a table, add an entry to ``TABLES``; `python -m tools.runner list --table NAME` shows its jobs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..protocol.matching import DRAW_MODES
+from scripts.protocol.matching import DRAW_MODES
 
 __all__ = ["Table", "TABLES", "get_table", "DEFAULT_STEPS"]
 

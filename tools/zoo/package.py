@@ -3,9 +3,9 @@ holding the bundle folder under its zoo name, without the large files (``large_f
 them) and without what runs leave behind (runs/, eval/, logs/, weights/, caches, hidden files,
 exported TorchScript).
 
-    cd bundle && ../.venv/bin/python -m scripts.zoo.package --out ../dist
+    .venv/bin/python -m tools.zoo.package --out dist      # from the repository root
     # the same bundle whose large_files.yml points at a mirror of the same files (same sha256):
-    ../.venv/bin/python -m scripts.zoo.package --out ../dist --large_files_mirror http://host/path/
+    .venv/bin/python -m tools.zoo.package --out dist --large_files_mirror http://host/path/
 
 As the zoo's ``compress_bundle`` (files dated 2022-05-30, no directory entries, deflate level 9)
 the archive is reproducible: the same tree gives the same bytes. A file over the zoo's 25 MB limit
@@ -27,7 +27,7 @@ MAX_FILE_BYTES = 25 * 1024 * 1024
 ZIP_DATE = (2022, 5, 30, 0, 0, 0)
 SKIP_DIRS = {"runs", "eval", "logs", "weights", "__pycache__", "cache", "outputs"}
 SKIP_SUFFIXES = {".pyc", ".tmp", ".ckpt", ".ts"}  # .ts: ckpt_export makes it from model.pt where it is used
-BUNDLE_ROOT = Path(__file__).resolve().parents[2]
+BUNDLE_ROOT = Path(__file__).resolve().parents[2] / "bundle"  # tools/zoo/package.py -> <repo>/bundle
 
 
 def bundle_version(bundle_root: str | Path) -> str:

@@ -1,7 +1,7 @@
 """The pictures of bundle/docs: a training curve and a page of overlays, drawn from a run.
 
-    cd bundle && ../.venv/bin/python -m scripts.docs.figures --run runs/<run> \
-        --dataset chaost2 --dataset_dir <CHAOST2> --support 1 --query 2 --organ liver --out docs
+    .venv/bin/python -m tools.docs.figures --run bundle/runs/<run> \
+        --dataset chaost2 --dataset_dir <CHAOST2> --support 1 --query 2 --organ liver --out bundle/docs
 
 Curves come from the run's TensorBoard events (train loss, validation Dice); overlays show the
 support slice with its mask and query slices with the prediction (red) against the ground truth
@@ -14,6 +14,8 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+
+BUNDLE_DOCS = Path(__file__).resolve().parents[2] / "bundle" / "docs"  # tools/docs/figures.py
 
 
 def read_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
@@ -97,7 +99,7 @@ def main(argv=None) -> None:
     parser.add_argument("--query", default="2")
     parser.add_argument("--organ", default="liver")
     parser.add_argument("--autoencoder_path", default=None)
-    parser.add_argument("--out", default="docs")
+    parser.add_argument("--out", default=str(BUNDLE_DOCS))
     args = parser.parse_args(argv)
 
     from scripts.data.presets import get_preset

@@ -1,12 +1,12 @@
-"""Command line of the accuracy runner (run from bundle/):
+"""Command line of the accuracy runner (run from the repository root):
 
-    python -m scripts.runner list      --table chaost2_s1 [--only PATTERN] [--keys]
-    python -m scripts.runner run       --table chaost2_s1 [--only PATTERN] [--max-jobs N] [--steps N] [--commit]
-    python -m scripts.runner start     --table chaost2_s1 [same options as run]      # nohup, background
-    python -m scripts.runner status    [--table NAME ...] [-v]
-    python -m scripts.runner stop      --table chaost2_s1
-    python -m scripts.runner aggregate [--table NAME ...]       # also rewrites the results page (below)
-    python -m scripts.runner results-page [--check]              # docs/results.md and the README's headline
+    python -m tools.runner list      --table chaost2_s1 [--only PATTERN] [--keys]
+    python -m tools.runner run       --table chaost2_s1 [--only PATTERN] [--max-jobs N] [--steps N] [--commit]
+    python -m tools.runner start     --table chaost2_s1 [same options as run]      # nohup, background
+    python -m tools.runner status    [--table NAME ...] [-v]
+    python -m tools.runner stop      --table chaost2_s1
+    python -m tools.runner aggregate [--table NAME ...]       # also rewrites the results page (below)
+    python -m tools.runner results-page [--check]              # docs/results.md and the README's headline
 
 Common options: --home (checkpoints, caches, logs; default $SDFSMIS_RUNNER_HOME or ~/.cache/sdfsmis),
 --results (default <repo>/results/accuracy), --shared (data and weights; default $SDFSMIS_SHARED or
@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("--max-jobs", type=int, default=1, help="jobs at a time (each gets cores / N threads)")
     jobs.add_argument("--commit", action="store_true", help="git-commit each result file and the table as it finishes")
 
-    parser = argparse.ArgumentParser(prog="python -m scripts.runner", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.runner", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", parents=[common, jobs], help="run (or resume) a table's jobs in the foreground")
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         forwarded += ["--commit"] if args.commit else []
         info = start(ws, get_table(args.table), forwarded)
         print(f"runner of {args.table} started: pid {info['pid']}, log {info['log']}\n"
-              f"  python -m scripts.runner status --table {args.table}")
+              f"  python -m tools.runner status --table {args.table}")
         return 0
     if args.command == "list":
         for job in select(expand(get_table(args.table), args.steps), args.only):

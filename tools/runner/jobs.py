@@ -26,13 +26,13 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..network.postprocess import COMPONENT_RULES
+from scripts.network.postprocess import COMPONENT_RULES
 from .tables import Table
 
 __all__ = ["Job", "Workspace", "expand", "expand_rows", "select", "train_command", "evaluate_command", "REPO", "BUNDLE"]
 
-BUNDLE = Path(__file__).resolve().parents[2]
-REPO = BUNDLE.parent
+REPO = Path(__file__).resolve().parents[2]  # tools/runner/jobs.py
+BUNDLE = REPO / "bundle"
 TRAIN_CONFIG = "configs/train.yaml"
 EVALUATE_CONFIGS = "['configs/train.yaml','configs/evaluate.yaml']"
 NETWORK_METHODS = ("sdfsmis",)

@@ -23,9 +23,9 @@ Dice), `hd95` (mm, not for `all`). A row whose folds have not all finished reads
 folds)`, as in the tables. Tables in the folder that the source never names get a section of their
 own at the end, so a new table is on the page as soon as it is aggregated.
 
-    cd bundle && ../.venv/bin/python -m scripts.runner results-page [--check]
+    .venv/bin/python -m tools.runner results-page [--check]      # from the repository root
 
-(`python -m scripts.runner aggregate` runs it too.) `tests/test_results_page.py` checks that the
+(`python -m tools.runner aggregate` runs it too.) `tests/test_results_page.py` checks that the
 committed page and the README's blocks are what this writes from the committed tables.
 """
 
@@ -40,7 +40,7 @@ from pathlib import Path
 __all__ = ["HEADLINE_BEGIN", "HEADLINE_END", "IN_VOLUME_BEGIN", "IN_VOLUME_END", "load_tables", "value", "headline",
            "in_volume_headline", "render_page", "readme_with_headline", "write_results_page", "ResultsPageError"]
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]  # tools/runner/results_page.py
 RESULTS = REPO / "results" / "accuracy"
 SOURCE = REPO / "docs" / "results.src.md"
 PAGE = REPO / "docs" / "results.md"
@@ -302,7 +302,7 @@ def _source(tables: dict, table_name: str) -> str:
             f"finished, folds {folds} of {table['n_folds']}, {steps} training steps per fold; every mode, HD95 / "
             f"ASSD, pooled Dice and training labels in [`results/accuracy/{table_name}.md`]"
             f"(../results/accuracy/{table_name}.md), one result file per job in `results/accuracy/{table_name}/`. "
-            f"Reproduce: `make accuracy TABLE={table_name}`, then `cd bundle && ../.venv/bin/python -m scripts.runner "
+            f"Reproduce: `make accuracy TABLE={table_name}`, then `.venv/bin/python -m tools.runner "
             f"aggregate --table {table_name}`.")
     mismatches = table.get("weights_mismatches") or []
     if mismatches:

@@ -1,8 +1,8 @@
 """The in-volume pictures of bundle/docs (issue #38), drawn from result files and a fold model.
 
-    cd bundle && ../.venv/bin/python -m scripts.docs.in_volume \
-        --results ../results/accuracy/chaost2_s1_draw --checkpoint <fold 0 model> \
-        --dataset_dir <CHAOST2> --patient 1 --organ liver --out docs
+    .venv/bin/python -m tools.docs.in_volume \
+        --results results/accuracy/chaost2_s1_draw --checkpoint <fold 0 model> \
+        --dataset_dir <CHAOST2> --patient 1 --organ liver --out bundle/docs
 
 1. ``in_volume_dice_vs_k.png``: whole-volume Dice against the number of drawn slices k, one line per
    method of the ``chaost2_s1_draw`` table, each point the mean over the table's organs and cases
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[2]  # tools/docs/in_volume.py
 CREDIT = "CHAOS challenge T2-SPIR (Kavur et al., Med. Image Anal. 2021), CC BY-SA 4.0"
 
 
@@ -104,12 +105,12 @@ def propagation_figure(method, volume, value: int, organ: str, out_path, columns
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--results", default="../results/accuracy/chaost2_s1_draw")
+    parser.add_argument("--results", default=str(REPO / "results" / "accuracy" / "chaost2_s1_draw"))
     parser.add_argument("--checkpoint", help="the model that propagates the example volume")
     parser.add_argument("--dataset_dir", help="CHAOST2 in the SSL-ALPNet layout")
     parser.add_argument("--patient", default="1")
     parser.add_argument("--organ", default="liver")
-    parser.add_argument("--out", default="docs")
+    parser.add_argument("--out", default=str(REPO / "bundle" / "docs"))
     args = parser.parse_args(argv)
 
     out = Path(args.out)
