@@ -236,7 +236,9 @@ def _weights_sha256(path: Path) -> str | None:
     try:
         import torch
 
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        from scripts.network.model_file import load_checkpoint_file
+
+        state = load_checkpoint_file(path)["state_dict"]  # either form (model_file.py)
         digest = hashlib.sha256()
         for name in sorted(state):
             tensor = state[name].detach().contiguous().cpu()

@@ -23,10 +23,12 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from scripts.network.model_config import ModelConfig
 from scripts.network.postprocess import COMPONENT_RULES
+
 from .tables import Table
 
 __all__ = ["Job", "Workspace", "expand", "expand_rows", "select", "train_command", "evaluate_command", "REPO", "BUNDLE"]
@@ -36,9 +38,6 @@ BUNDLE = REPO / "bundle"
 TRAIN_CONFIG = "configs/train.yaml"
 EVALUATE_CONFIGS = "['configs/train.yaml','configs/evaluate.yaml']"
 NETWORK_METHODS = ("sdfsmis",)
-_ROW_KEYS = ("method", "label", "setting", "exclusion_rule", "shots", "train_shots", "label_source", "preset",
-             "autoencoder", "use_qe", "use_vtct", "use_support_kv", "keep_largest_3d", "component_3d",
-             "extra_datasets", "mixture_weights", "steps", "lr_schedule", "train_labels", "volume_mode")
 
 
 @dataclass(frozen=True)
@@ -141,6 +140,12 @@ class Job:
             out["train_labels"] = list(self.train_labels)
         out["overrides"] = dict(self.overrides)
         return out
+
+
+# what a table's row may set: the job's own keys, and the model keys (ModelConfig) a job varies
+_ROW_KEYS = ("method", "label", "setting", "exclusion_rule", "shots", "train_shots", "label_source",
+             "extra_datasets", "mixture_weights", "steps", "lr_schedule", "train_labels", "volume_mode",
+             *(key for key in ModelConfig.keys() if key in {f.name for f in fields(Job)}))
 
 
 def expand(table: Table, steps: int | None = None) -> list[Job]:
