@@ -74,3 +74,33 @@ def test_app_overrides_are_the_config_keys_a_request_does_not_set():
 
     assert set(MODEL_OVERRIDES) | set(PER_REQUEST) == set(ModelConfig.keys())
     assert not set(MODEL_OVERRIDES) & set(PER_REQUEST)
+
+
+def test_model_files_of_both_forms_load_and_a_bare_state_dict_needs_its_card(tmp_path):
+    """The zoo form (state dict + card) and the single-file form hold the same weights and config;
+    a state dict without its card cannot be made a single file, and loads only with the keys given."""
+    import torch
+
+    from scripts.network.autoencoders import WeightsError
+    from scripts.network.model_file import as_single_file, card_path, load_checkpoint_file, save_zoo_model
+    from scripts.network.presets import build_segmenter
+
+    torch.manual_seed(0)
+    model = build_segmenter(preset="tiny", use_qe=False, threshold=0.2)
+    zoo = tmp_path / "model.pt"
+    save_zoo_model(model, zoo, half=False, trained_on={"datasets": [{"dataset": "phantom", "patients": ["1"]}]})
+    assert card_path(zoo).name == "model.card.json"
+    single = tmp_path / "single.pt"
+    as_single_file(zoo, single)
+    for path in (zoo, single):
+        stored = load_checkpoint_file(path)
+        assert stored["config"] == model.config.to_dict() and stored["trained_on"]["datasets"][0]["patients"] == ["1"]
+        again = build_segmenter(checkpoint=path)
+        assert again.config.use_qe is False and again.threshold == 0.2
+        assert all(torch.equal(a, b) for a, b in zip(again.net.state_dict().values(), model.net.state_dict().values()))
+    card_path(zoo).unlink()
+    with pytest.raises(WeightsError, match="no card"):
+        as_single_file(zoo, tmp_path / "other.pt")
+    with pytest.raises(WeightsError, match="does not fit"):  # the defaults' architecture (QE on) is not this file's
+        build_segmenter(checkpoint=zoo, preset="tiny")
+    assert build_segmenter(checkpoint=zoo, preset="tiny", use_qe=False).config.use_qe is False
