@@ -6,7 +6,6 @@ model loads and before anything is written. ``--log_level DEBUG`` logs where the
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -90,15 +89,17 @@ def check_inputs(checkpoint, support_image, support_label, query_images, slice_a
 def check_architecture(checkpoint, model: dict) -> None:
     """The model file's card (``model_file.py``), where it has one, against the config's ``model``:
     a file of another architecture would fail to load with a list of missing weights."""
+    from scripts.network.autoencoders import WeightsError
     from scripts.network.model_config import TRAINED, ModelConfig
-    from scripts.network.model_file import card_path
+    from scripts.network.model_file import card_path, read_card
 
     card = card_path(checkpoint)
-    if not card.is_file():
-        return
     try:
-        stored = ModelConfig.from_keys(**json.loads(card.read_text())["config"]).to_dict(TRAINED)
-    except (ValueError, KeyError, TypeError) as error:
+        written = read_card(checkpoint)
+        if not written:
+            return
+        stored = ModelConfig.from_keys(**written["config"]).to_dict(TRAINED)
+    except (WeightsError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"cannot read the model card {card}: {error}") from None
     wanted = ModelConfig.from_keys(**model).to_dict(TRAINED)
     differ = {key: (wanted[key], stored[key]) for key in wanted if wanted[key] != stored[key]}

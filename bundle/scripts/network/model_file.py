@@ -105,6 +105,17 @@ def as_single_file(path: str | Path, target: str | Path) -> None:
     _write_atomically(Path(target), lambda tmp: torch.save(payload, tmp))
 
 
+def read_card(path: str | Path) -> dict:
+    """The card beside a model file, ``{}`` where it has none."""
+    card = card_path(path)
+    if not card.is_file():
+        return {}
+    try:
+        return json.loads(card.read_text())
+    except ValueError as error:
+        raise WeightsError(f"cannot read the model card {card}: {error}") from None
+
+
 def _is_state_dict(stored) -> bool:
     return isinstance(stored, dict) and bool(stored) and all(isinstance(v, torch.Tensor) for v in stored.values())
 
@@ -120,12 +131,7 @@ def load_checkpoint_file(path: str | Path) -> dict:
     except Exception as error:
         raise WeightsError(f"cannot read checkpoint {path}: {error}") from None
     if _is_state_dict(stored):
-        card = {}
-        if card_path(path).is_file():
-            try:
-                card = json.loads(card_path(path).read_text())
-            except ValueError as error:
-                raise WeightsError(f"cannot read the model card {card_path(path)}: {error}") from None
+        card = read_card(path)
         return {"state_dict": stored, "config": card.get("config"), "unet_config": None,
                 "trained_on": card.get("trained_on")}
     for key in ("config", "state_dict"):
