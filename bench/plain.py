@@ -40,15 +40,14 @@ def plain_path(*segmenters):
     import scripts.network.pipeline as pipeline
 
     saved = pipeline.keep_largest_component_per_slice, inferer.present_values, pipeline.encode_chunk
-    formats = [(s.net.memory_format, s.autoencoder.memory_format, s.autoencoder.frozen_encoder) for s in segmenters]
-    # the frozen encoders, so that switching back does not rebuild them inside a timed call
-    frozen_copies = [s.autoencoder.__dict__.get("_frozen_encoder") for s in segmenters]
+    # the layouts and the frozen encoders (kept, so that switching back rebuilds nothing in a timed call)
+    levers = [(s.net.memory_format, s.autoencoder.memory_format, s.fast_encoder) for s in segmenters]
     pipeline.keep_largest_component_per_slice = monai_largest_component_per_slice
     inferer.present_values = unique_values
     pipeline.encode_chunk = lambda device: 32
     for segmenter in segmenters:
         segmenter.set_channels_last(False)
-        segmenter.autoencoder.frozen_encoder = segmenter.mask_codec.frozen_encoder = False
+        segmenter.fast_encoder = None
         predict = type(segmenter).predict_scores.__get__(segmenter)
 
         def without_support_latents(*args, _predict=predict, **kwargs):
@@ -60,12 +59,10 @@ def plain_path(*segmenters):
         yield
     finally:
         pipeline.keep_largest_component_per_slice, inferer.present_values, pipeline.encode_chunk = saved
-        for segmenter, (net, autoencoder, frozen), copy in zip(segmenters, formats, frozen_copies):
+        for segmenter, (net, autoencoder, fast_encoder) in zip(segmenters, levers):
             del segmenter.predict_scores
             segmenter.set_channels_last(net == torch.channels_last, autoencoder == torch.channels_last)
-            segmenter.autoencoder.frozen_encoder = segmenter.mask_codec.frozen_encoder = frozen
-            if copy is not None:
-                segmenter.autoencoder.__dict__["_frozen_encoder"] = copy
+            segmenter.fast_encoder = fast_encoder
 
 
 def authors_training_step(iteration, engine, batch: dict) -> dict:

@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from scripts.baselines.contour_interpolation import ContourInterpolation
 from scripts.engine.inferer import SupportError, segment_volume
-from scripts.engine.propagation import StopRule, _supports, propagate_organ
+from scripts.engine.propagation import StopRule, _supports, propagate_organ, smooth_along_z
 from scripts.network.presets import build_segmenter
 from scripts.protocol.matching import DRAW_MODES, drawn_slices
 
@@ -152,6 +152,44 @@ def test_a_calls_own_threshold_reaches_binarize_and_leaves_the_method_as_it_was(
     assert not np.delete(strict, 12, axis=0).any()  # every score is at most 1: nothing passes 2
     again = segment_volume(method, image, drawn, image, same_volume=True, mode=mode).label
     np.testing.assert_array_equal(again, default)
+
+
+class SmoothedTracker(ThresholdedTracker):
+    """A method with graded scores that asks for smoothing along z, as the network's config does."""
+
+    z_sigma = 1.0
+
+
+def test_smoothing_along_z_mends_a_one_slice_error_and_adds_nothing_outside_the_walk():
+    image, label = drifting_organ()
+    organ = np.zeros_like(label, dtype=bool)
+    organ[FIRST:LAST + 1] = label[12] == 1                      # an organ that stays put
+    scores = np.where(organ, 0.8, -1.0).astype(np.float32)
+    scores[11][organ[11] & (np.arange(SIZE) > 18)[None, :]] = -0.3  # one slice read half wrong
+    scores[:, 50:, 50:] = 0.8                                   # a neighbour the walk refused (not in masks)
+    scores[LAST + 1][organ[LAST]] = 0.9                         # past the end: no walk kept it
+    masks = organ & (scores > 0)
+    smoothed_scores, smoothed = smooth_along_z(SmoothedTracker(), scores, masks, np.array([12]), sigma=1.0)
+    assert dice(masks[11], organ[11]) < 0.9 and dice(smoothed[11], organ[11]) == pytest.approx(1.0)
+    np.testing.assert_array_equal(smoothed[12], masks[12])      # drawn: as drawn
+    assert not smoothed[LAST + 1].any() and not smoothed[:FIRST].any() and not smoothed[:, 50:, 50:].any()
+    assert dice(smoothed, organ) > dice(masks, organ)
+    wrong = organ[11] & (scores[11] < 0)
+    assert (smoothed_scores[11][wrong] > 0).all()                 # the scores returned are the smoothed ones
+    assert smooth_along_z(SmoothedTracker(), scores, masks, np.array([12]), sigma=0.0)[1] is masks
+
+
+def test_a_method_asking_for_smoothing_gets_it_through_the_walk_and_the_memo_knows():
+    image, label = drifting_organ()
+    plain, smoothed = ThresholdedTracker(), SmoothedTracker()
+    unsmoothed_walk = propagate_organ(plain, image, {12: label[12] == 1})[1]
+    smoothed_walk = propagate_organ(smoothed, image, {12: label[12] == 1})[1]
+    # a 0/1 reading voted over neighbouring slices: the moving disc's thin rims go, nothing else
+    assert not np.array_equal(smoothed_walk, unsmoothed_walk) and not (smoothed_walk & ~unsmoothed_walk).any()
+    calls = smoothed.calls
+    smoothed.z_sigma = 0.0
+    np.testing.assert_array_equal(propagate_organ(smoothed, image, {12: label[12] == 1})[1], unsmoothed_walk)
+    assert smoothed.calls > calls  # another sigma is another walk, not the remembered one
 
 
 def test_drawn_slices_stay_as_drawn_and_bad_drawings_are_refused():

@@ -14,7 +14,7 @@ from scripts.data.volumes import present_values
 from scripts.engine.inferer import segment_volume
 from scripts.network.postprocess import keep_largest_component_per_slice
 from scripts.network.presets import build_segmenter
-from scripts.network.speed import adamw_options, compile_unet, default_channels_last
+from scripts.network.speed import FrozenEncoder, adamw_options, compile_unet, default_channels_last
 
 RTOL = 1e-4  # relative error allowed between a lever and the plain fp32 path (float32 rounding)
 
@@ -163,23 +163,23 @@ def test_channels_last_tiny_autoencoder_equals_plain():
                             decoder_block_out_channels=(16, 16, 16, 16), num_encoder_blocks=(1, 1, 1, 1),
                             num_decoder_blocks=(1, 1, 1, 1), scaling_factor=1.0, force_upcast=False)
     plain = TinyAutoencoder(model, 32)
-    fast = copy.deepcopy(plain)
-    fast.to(memory_format=torch.channels_last).memory_format = torch.channels_last
+    fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    assert fast.memory_format == torch.channels_last and plain.memory_format == torch.contiguous_format
     x = torch.rand(3, 1, 64, 64) * 2 - 1
     with torch.no_grad():
         a, b = plain.encode(x), fast.encode(x)
         assert b.is_contiguous()  # latents leave in the standard layout (caches, indexing)
         assert relative_error(b, a) < RTOL
         assert relative_error(fast.decode(a), plain.decode(a)) < RTOL
-        fast.frozen_encoder = True  # the TorchScript-frozen encoder, other batch and size than traced
+        frozen = FrozenEncoder(fast)  # the TorchScript-frozen encoder, other batch and size than traced
         for shape in ((3, 1, 64, 64), (1, 1, 32, 48)):
             y = torch.rand(*shape) * 2 - 1
-            frozen, eager = fast.encode(y), plain.encode(y)
-            assert "_frozen_encoder" in fast.__dict__ and fast.__dict__["_frozen_encoder"] is not None
-            assert frozen.shape == eager.shape and relative_error(frozen, eager) < RTOL
-    assert "_frozen_encoder" not in copy.deepcopy(fast).__dict__  # copies rebuild it
+            got, eager = frozen(y), plain.encode(y)
+            assert frozen.built
+            assert got.is_contiguous() and got.shape == eager.shape and relative_error(got, eager) < RTOL
+    assert not copy.deepcopy(frozen).built  # copies rebuild it
     x.requires_grad_(True)
-    assert fast.encode(x).requires_grad  # with gradients wanted, the eager encoder runs
+    assert frozen(x).requires_grad  # with gradients wanted, the eager encoder runs
 
 
 def test_frozen_taef2_encoder_equals_eager():
@@ -187,16 +187,29 @@ def test_frozen_taef2_encoder_equals_eager():
     from scripts.network.presets import resolve_weights_path
 
     eager = build_autoencoder("taef2", resolve_weights_path(None, "taef2"))  # the committed models/taef2
-    frozen = copy.deepcopy(eager)
-    frozen.frozen_encoder = True
+    frozen = FrozenEncoder(copy.deepcopy(eager))
     x = torch.rand(2, 1, 256, 256) * 2 - 1
     with torch.no_grad():
-        assert relative_error(frozen.encode(x), eager.encode(x)) < RTOL
+        assert relative_error(frozen(x), eager.encode(x)) < RTOL
+    assert frozen.built
+
+
+def test_segmenter_encodes_through_its_frozen_encoder_on_cpu_and_copies_keep_their_own():
+    segmenter = build_segmenter(preset="tiny", autoencoder="taef2")
+    assert isinstance(segmenter.fast_encoder, FrozenEncoder) and segmenter.fast_encoder.autoencoder is segmenter.autoencoder
+    images = torch.rand(3, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        eager = segmenter.autoencoder.encode(images)
+        assert relative_error(segmenter.encode_images(images), eager) < RTOL
+    assert segmenter.fast_encoder.built
+    twin = copy.deepcopy(segmenter)
+    assert twin.fast_encoder.autoencoder is twin.autoencoder and not twin.fast_encoder.built
+    assert build_segmenter(preset="tiny", autoencoder="unshuffle").fast_encoder is None  # nothing to freeze
 
 
 def test_build_segmenter_defaults_to_channels_last_on_cpu():
     assert build_segmenter(preset="tiny").net.memory_format == torch.channels_last
-    training = build_segmenter(preset="tiny", channels_last=False)  # as train.yaml builds it on a CPU
+    training = build_segmenter(preset="tiny", autoencoder="taef2", channels_last=False)  # as train.yaml on a CPU
     assert training.net.memory_format == torch.contiguous_format
     assert training.autoencoder.memory_format == torch.channels_last  # frozen: inference only
 

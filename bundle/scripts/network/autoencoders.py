@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .speed import weights_format
+
 DOWNSCALE = 8
 
 
@@ -31,8 +33,11 @@ class LatentAutoencoder(nn.Module):
 
     latent_channels: int
     exact = False
-    memory_format = torch.contiguous_format  # speed.set_memory_format: channels_last on the CPU
-    frozen_encoder = False  # speed lever: encode through a frozen TorchScript copy (CPU inference)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """What inputs are handed over in: the weights' layout (``speed.set_memory_format``)."""
+        return weights_format(self)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -70,21 +75,14 @@ class _RGBAutoencoder(LatentAutoencoder):
         self.model = model.eval().requires_grad_(False)
         self.latent_channels = latent_channels
 
-    def _rgb(self, x: torch.Tensor) -> torch.Tensor:
+    def as_rgb(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) grey -> (N, 3, H, W), in the weights' layout."""
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
         return x.contiguous(memory_format=self.memory_format)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         z = z.contiguous(memory_format=self.memory_format)
         return self._decode_rgb(z).clamp(-1, 1).mean(dim=1, keepdim=True).contiguous()
-
-
-def _plain_dispatch() -> bool:
-    """No tracing and no dispatch mode (a FLOP counter, a fake-tensor tracer) is active: the frozen
-    encoder is neither built nor run under one."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-    return _get_current_dispatch_mode() is None and not torch.jit.is_tracing()
 
 
 def _tiny_block_class():
@@ -118,31 +116,13 @@ TAE_FORMATS = {
 class TinyAutoencoder(_RGBAutoencoder):
     """TAESD / TAEF2 in diffusers' ``AutoencoderTiny`` (maps [-1, 1] in and out itself)."""
 
+    @property
+    def encoder(self) -> nn.Module:
+        """The convolution stack ``encode`` runs (``speed.FrozenEncoder`` freezes it)."""
+        return self.model.encoder
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        rgb = self._rgb(x)
-        if self.frozen_encoder and rgb.device.type == "cpu" and not torch.is_grad_enabled() \
-                and not torch.is_autocast_enabled("cpu") and _plain_dispatch():
-            frozen = self._frozen(rgb)
-            if frozen is not None:
-                return frozen(rgb).contiguous()
-        return self.model.encode(rgb).latents.contiguous()
-
-    def _apply(self, *args, **kwargs):  # moved or converted: the frozen copy no longer matches
-        self.__dict__.pop("_frozen_encoder", None)
-        return super()._apply(*args, **kwargs)
-
-    def __getstate__(self):  # copies and pickles rebuild it on first use
-        state = dict(self.__dict__)
-        state.pop("_frozen_encoder", None)
-        return state
-
-    def _frozen(self, example: torch.Tensor):
-        """The encoder frozen for CPU inference, built on first use (kept out of the state dict)."""
-        if "_frozen_encoder" not in self.__dict__:
-            from .speed import frozen_for_inference
-
-            self.__dict__["_frozen_encoder"] = frozen_for_inference(self.model.encoder, example[:1])
-        return self.__dict__["_frozen_encoder"]
+        return self.model.encode(self.as_rgb(x)).latents.contiguous()
 
     def _decode_rgb(self, z: torch.Tensor) -> torch.Tensor:
         return self.model.decode(z).sample
@@ -197,7 +177,7 @@ class StableDiffusionVAE(_RGBAutoencoder):
         self.scaling_factor = model.config.scaling_factor
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.model.encode(self._rgb(x)).latent_dist.mode() * self.scaling_factor).contiguous()
+        return (self.model.encode(self.as_rgb(x)).latent_dist.mode() * self.scaling_factor).contiguous()
 
     def _decode_rgb(self, z: torch.Tensor) -> torch.Tensor:
         return self.model.decode(z / self.scaling_factor).sample

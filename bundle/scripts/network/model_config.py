@@ -53,6 +53,7 @@ class ModelConfig:
     keep_largest: bool = _key(True, POST)                # the paper's largest component per slice
     keep_largest_3d: bool = _key(True, POST)             # one 3D component per organ first
     component_3d: str = _key("support", POST)            # which one: largest, or on the support's footprint
+    z_sigma: float = _key(1.0, POST)                     # slices: propagated scores smoothed along z (0: not)
     max_shots: int = _key(3, RUNTIME)                    # labelled slices per query slice, nearest first
 
     def __post_init__(self):
@@ -64,6 +65,8 @@ class ModelConfig:
         _check(self.mask_codec, MASK_CODECS, "mask_codec")
         _check(self.threshold_mode, THRESHOLD_MODES, "threshold_mode")
         _check(self.component_3d, COMPONENT_RULES, "component_3d")
+        if float(self.z_sigma) < 0:
+            raise ValueError(f"z_sigma must be 0 or more slices, got {self.z_sigma!r}")
         if int(self.max_shots) < 1:
             raise ValueError(f"max_shots must be at least 1, got {self.max_shots!r}")
 

@@ -20,7 +20,7 @@ from .postprocess import (
 )
 from .sdfsmis import SDFSMISNet
 from .slice_latents import LatentCache, SliceLatents
-from .speed import encode_chunk, set_memory_format
+from .speed import FrozenEncoder, encode_chunk, set_memory_format
 
 
 class EmptySupportError(ValueError):
@@ -55,12 +55,14 @@ class FewShotSegmenter(nn.Module):
         self.dice_sharpness = dice_sharpness
         self.query_chunk = query_chunk
         self.latent_cache = LatentCache(latent_cache_size)
+        self.fast_encoder: FrozenEncoder | None = None  # CPU inference's encoder (build_segmenter); None: eager
 
     def with_net(self, net: SDFSMISNet) -> "FewShotSegmenter":
         """The same pipeline around other weights (e.g. the EMA of the trained ones)."""
         other = FewShotSegmenter(net, self.autoencoder, self.mask_codec, self.config, self.trained_on,
                                  self.dice_sharpness, self.query_chunk, self.latent_cache.size)
         set_memory_format(net, self.net.memory_format)
+        other.fast_encoder = self.fast_encoder
         return other
 
     def set_channels_last(self, enabled: bool = True, autoencoders: bool | None = None) -> "FewShotSegmenter":
@@ -78,6 +80,7 @@ class FewShotSegmenter(nn.Module):
     keep_largest = _config_key("keep_largest")
     keep_largest_3d = _config_key("keep_largest_3d")
     component_3d = _config_key("component_3d")
+    z_sigma = _config_key("z_sigma")
     dice_weight = _config_key("dice_weight")
 
     # ---- latents -------------------------------------------------------------------------------
@@ -91,7 +94,8 @@ class FewShotSegmenter(nn.Module):
         CPU, where that is faster, large on a GPU; either way memory stays bounded)."""
         images = images.to(self.device, torch.float32)
         chunk = chunk or encode_chunk(self.device)
-        return torch.cat([self.autoencoder.encode(part) for part in images.split(chunk)])
+        encode = self.fast_encoder or self.autoencoder.encode
+        return torch.cat([encode(part) for part in images.split(chunk)])
 
     @property
     def latent_cache_stats(self) -> dict:
@@ -112,7 +116,10 @@ class FewShotSegmenter(nn.Module):
 
     @torch.no_grad()
     def encode_masks(self, masks: torch.Tensor) -> torch.Tensor:
-        return self.mask_codec.encode_mask(masks.to(self.device))
+        masks = masks.to(self.device)
+        if self.fast_encoder is not None and self.fast_encoder.autoencoder is self.mask_codec:
+            return self.fast_encoder(masks.float() * 2 - 1)  # encode_mask's {0,1} -> {-1,1}
+        return self.mask_codec.encode_mask(masks)
 
     # ---- forward and loss ----------------------------------------------------------------------
     def forward(self, support_latent, support_mask, query_latent, query_episode=None, shots=1, support_image=None):

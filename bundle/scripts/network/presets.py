@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from .autoencoders import PixelUnshuffleAutoencoder, WeightsError, _from_pretrained, build_autoencoder
+from .autoencoders import PixelUnshuffleAutoencoder, TinyAutoencoder, WeightsError, _from_pretrained, build_autoencoder
 from .model_config import ModelConfig
 from .model_file import load_checkpoint_file, load_trainable_state
 from .pipeline import FewShotSegmenter
 from .sdfsmis import SDFSMISNet
-from .speed import compile_unet, default_channels_last, is_cpu
+from .speed import FrozenEncoder, compile_unet, default_channels_last, is_cpu
 from .vtct import build_visual_encoder
 
 UNET_SHAPES = {
@@ -111,8 +111,8 @@ def build_segmenter(checkpoint: str | Path | None = None, device: str | torch.de
     ``channels_last`` and ``compile`` are runtime levers (``speed.py``), not part of the model: they
     change how fast it runs, not what it computes. ``channels_last`` is the U-Net's memory format
     (None: where it pays, ``speed.default_channels_last``: CPU inference); the frozen autoencoders
-    only ever run inference and take NHWC wherever that pays, and on the CPU a frozen TorchScript
-    copy of their encoder."""
+    only ever run inference and take NHWC wherever that pays, and on the CPU a tiny autoencoder
+    encodes through a frozen TorchScript copy of its encoder (``speed.FrozenEncoder``)."""
     stored = load_checkpoint_file(checkpoint) if checkpoint is not None else {}
     keys = {**(stored.get("config") or {}), **{k: v for k, v in keys.items() if v is not None}}
     config = ModelConfig.from_keys(**keys)
@@ -137,8 +137,8 @@ def build_segmenter(checkpoint: str | Path | None = None, device: str | torch.de
     segmenter = segmenter.to(device)
     segmenter.set_channels_last(default_channels_last(device) if channels_last is None else channels_last,
                                 autoencoders=default_channels_last(device))  # frozen: always inference
-    for codec in (segmenter.autoencoder, segmenter.mask_codec):
-        codec.frozen_encoder = is_cpu(device)  # TorchScript-frozen encoder on the CPU (speed.py)
+    if is_cpu(device) and isinstance(segmenter.autoencoder, TinyAutoencoder):
+        segmenter.fast_encoder = FrozenEncoder(segmenter.autoencoder)
     if compile:
         compile_unet(segmenter.net)
     return segmenter

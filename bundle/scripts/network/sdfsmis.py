@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .kv_bank import READ, WRITE, SupportBank, install_support_query_attention
 from .one_step import TIMESTEP
 from .qe import QueryEnhancement
-from .speed import as_format
+from .speed import as_format, weights_format
 from .vtct import ConditionTranslator
 
 
@@ -95,7 +95,11 @@ class SDFSMISNet(nn.Module):
         self.qe = QueryEnhancement() if use_qe else None
         self.visual_encoder = visual_encoder
         self.vtct = ConditionTranslator(visual_encoder.out_channels, unet.config.cross_attention_dim, tokens=context_tokens)
-        self.memory_format = torch.contiguous_format  # speed.set_memory_format: channels_last on the CPU
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """What the U-Net's inputs are handed over in: its weights' layout (``speed.set_memory_format``)."""
+        return weights_format(self.conv_in)
 
     @property
     def context_dim(self) -> int:

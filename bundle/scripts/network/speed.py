@@ -8,7 +8,7 @@ Figures from 2 CPU cores (AVX-512 Zen 4 here), fp32:
 - ``channels_last`` (``default_channels_last``): oneDNN's NHWC convolutions, ~15% on the compact
   U-Net's inference; on for CPU inference, off for CPU training (its convolution backward ran ~7%
   slower in NHWC); the GPU bench measures it before it is used there.
-- Frozen TorchScript encoder (``frozen_for_inference``): TAEF2's encoder, the costly part of a
+- Frozen TorchScript encoder (``FrozenEncoder``): TAEF2's encoder, the costly part of a
   first call and of the dataset latent cache, traced once per process (~3 s) with oneDNN's
   prepacked weights and conv+ReLU fusion, the same numbers as eager: 0.29 -> 0.17 s a slice; on by
   default on the CPU. (inductor with ``freezing`` reaches the same 0.17 s after a 7 s compile.)
@@ -44,10 +44,19 @@ def as_format(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tens
 
 
 def set_memory_format(module: nn.Module, memory_format: torch.memory_format) -> nn.Module:
-    """Convert a module's 4D weights and record the format its inputs are given in."""
-    module.to(memory_format=memory_format)
-    module.memory_format = memory_format
-    return module
+    """Convert a module's 4D weights; its inputs follow them (``weights_format``)."""
+    return module.to(memory_format=memory_format)
+
+
+def weights_format(module: nn.Module) -> torch.memory_format:
+    """The layout of ``module``'s first spatial convolution weight (``contiguous_format`` without one):
+    a module hands its inputs over in it, so converting the weights is the whole switch."""
+    conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d) and m.weight.shape[1] > 1
+                 and m.kernel_size != (1, 1)), None)
+    if conv is not None and not conv.weight.is_contiguous() \
+            and conv.weight.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def default_channels_last(device, training: bool = False) -> bool:
@@ -85,6 +94,41 @@ def frozen_for_inference(module: nn.Module, example: torch.Tensor):
     except Exception as error:  # an op TorchScript cannot take: the eager module still works
         logger.warning("TorchScript freezing failed (%s: %s): running eager", type(error).__name__, error)
         return None
+
+
+class FrozenEncoder:
+    """A tiny autoencoder's ``encode`` for CPU inference through its encoder frozen by TorchScript
+    (``frozen_for_inference``). Runtime state, not part of the model: the segmenter calls it in
+    place of ``autoencoder.encode``; the frozen copy is built on the first call and again when the
+    weights move to another device or dtype (any input layout runs through it); copies and pickles
+    leave it behind and rebuild it. Where it cannot serve (gradients wanted, autocast, another
+    device, freezing failed) the eager encoder runs."""
+
+    def __init__(self, autoencoder: nn.Module):
+        self.autoencoder = autoencoder
+        self._frozen, self._built_for = None, None
+
+    def __getstate__(self):
+        return {"autoencoder": self.autoencoder}
+
+    def __setstate__(self, state):
+        self.__init__(state["autoencoder"])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rgb = self.autoencoder.as_rgb(x)
+        if rgb.device.type != "cpu" or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
+            return self.autoencoder.encode(x)
+        weight = next(self.autoencoder.encoder.parameters())
+        built_for = (weight.device, weight.dtype)  # the weights are frozen: their values never change
+        if built_for != self._built_for:
+            self._frozen, self._built_for = frozen_for_inference(self.autoencoder.encoder, rgb[:1]), built_for
+        if self._frozen is None:
+            return self.autoencoder.encode(x)
+        return self._frozen(rgb).contiguous()
+
+    @property
+    def built(self) -> bool:
+        return self._frozen is not None
 
 
 def compiler_available() -> bool:
