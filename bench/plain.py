@@ -38,11 +38,12 @@ def unique_values(label: np.ndarray) -> list[int]:
 def plain_path(*segmenters):
     import scripts.engine.inferer as inferer
     import scripts.network.pipeline as pipeline
+    import scripts.network.postprocess as postprocess
 
-    saved = pipeline.keep_largest_component_per_slice, inferer.present_values, pipeline.encode_chunk
+    saved = postprocess.keep_largest_component_per_slice, inferer.present_values, pipeline.encode_chunk
     # the layouts and the frozen encoders (kept, so that switching back rebuilds nothing in a timed call)
     levers = [(s.net.memory_format, s.autoencoder.memory_format, s.fast_encoder) for s in segmenters]
-    pipeline.keep_largest_component_per_slice = monai_largest_component_per_slice
+    postprocess.keep_largest_component_per_slice = monai_largest_component_per_slice
     inferer.present_values = unique_values
     pipeline.encode_chunk = lambda device: 32
     for segmenter in segmenters:
@@ -58,7 +59,7 @@ def plain_path(*segmenters):
     try:
         yield
     finally:
-        pipeline.keep_largest_component_per_slice, inferer.present_values, pipeline.encode_chunk = saved
+        postprocess.keep_largest_component_per_slice, inferer.present_values, pipeline.encode_chunk = saved
         for segmenter, (net, autoencoder, fast_encoder) in zip(segmenters, levers):
             del segmenter.predict_scores
             segmenter.set_channels_last(net == torch.channels_last, autoencoder == torch.channels_last)

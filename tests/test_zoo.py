@@ -302,6 +302,40 @@ def test_ckpt_export_traces_a_torchscript_model_that_matches_eager(which, tiny_c
     assert torch.allclose(got, expected, atol=1e-4 * float(expected.abs().max()) + 1e-5)
 
 
+def test_network_def_swapped_for_its_torchscript_export_runs_the_inference_workflow(tmp_path):
+    """The zoo's advice works: with network_def replaced by its export, `run inference` reads the volume
+    through the export (1-shot, the same seam and post-processing: scripts/engine/volume_inferer.py).
+    With one shot from the nearest support slice the bundle's own network computes the same thing, so
+    the two label files agree."""
+    from monai.bundle import ConfigWorkflow, ckpt_export
+
+    checkpoint = BUNDLE / "models" / "model.pt"
+    exported = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(exported), ckpt_file=str(checkpoint), meta_file=META,
+                config_file=INFERENCE, use_trace=True, input_shape=[1, 3, 256, 256],
+                converter_kwargs={"check_trace": False}, checkpoint=str(checkpoint), bundle_root=str(BUNDLE),
+                device="cpu")
+    sample = BUNDLE / "sample" / "chaost2"
+    common = {"support_image": str(sample / "image_15.nii.gz"), "support_label": str(sample / "label_15.nii.gz"),
+              "query_images": [str(sample / "image_39.nii.gz")], "labels": {"liver": 1}, "volume_mode": "nearest",
+              "model#max_shots": 1, "device": "cpu"}
+    labels, networks = {}, {}
+    for name, swap in (("bundle", {}), ("torchscript", {"network_def": f"$torch.jit.load('{exported}')"})):
+        workflow = ConfigWorkflow(config_file=INFERENCE, meta_file=META, workflow_type="inference",
+                                  bundle_root=str(BUNDLE), output_dir=str(tmp_path / name), **common, **swap)
+        workflow.initialize()
+        try:
+            workflow.run()
+            networks[name] = type(workflow.evaluator.network).__name__
+        finally:
+            workflow.finalize()
+        labels[name] = np.asarray(nib.load(tmp_path / name / "image_39_seg.nii.gz").dataobj) == 1
+    assert networks["bundle"] == "SliceNetwork" and networks["torchscript"] != "SliceNetwork"
+    bundle, scripted = labels["bundle"], labels["torchscript"]
+    assert bundle.sum() > 10_000  # the liver, not an empty answer both could agree on
+    assert 2 * (bundle & scripted).sum() / (bundle.sum() + scripted.sum()) > 0.99
+
+
 def test_shipped_model_is_network_defs_state_dict_and_its_architecture_is_the_config():
     """models/model.pt is what the zoo's tools expect (a bare state dict that network_def, built from
     inference.yaml alone, loads strictly); its card says the same architecture as the config."""

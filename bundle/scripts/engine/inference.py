@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scripts.engine.inferer import VOLUME_MODES, segment_files
+from scripts.engine.inferer import VOLUME_MODES
 
 logger = logging.getLogger(__name__)
 _inputs_checked_at: float | None = None  # perf_counter when check_inputs ended: the model loads after it
@@ -118,26 +118,20 @@ def query_dataset(query_images) -> list[dict]:
 
 
 class QueryIteration:
-    """``iteration_update`` of the inference workflow's MONAI ``Evaluator``: one query volume ->
-    its segmentation, written as NIfTI on the query's grid."""
+    """``iteration_update`` of the inference workflow's MONAI ``SupervisedEvaluator``: one query volume
+    -> ``engine.inferer(query, engine.network)`` (``volume_inferer.py``: the config's ``inferer`` and
+    ``network_def``) -> its segmentation, written as NIfTI on the query's grid."""
 
-    def __init__(self, method, support_image, support_label, output_dir, labels=None, max_shots: int | None = None,
-                 support_slices=None, slice_axis: int = 2, volume_mode: str = "propagate"):
-        if support_image is None or support_label is None:
-            raise ValueError("inference needs support_image and support_label (a labelled volume)")
-        self.method, self.support_image, self.support_label = method, support_image, support_label
-        self.output_dir, self.labels, self.max_shots = output_dir, labels, max_shots
-        self.support_slices, self.slice_axis, self.volume_mode = support_slices, slice_axis, volume_mode
+    def __init__(self, output_dir):
+        self.output_dir = output_dir
         if _inputs_checked_at is not None:  # the config built the model between the check and here
             logger.debug("model load: %.1fs", time.perf_counter() - _inputs_checked_at)
 
     def __call__(self, engine, item: dict) -> dict:
-        stats = getattr(self.method, "latent_cache_stats", None)
+        stats = getattr(getattr(engine.network, "segmenter", None), "latent_cache_stats", None)
         before = dict(stats or {})
         seconds: dict[str, float] = {}
-        label, query, result = segment_files(self.method, self.support_image, self.support_label, item["image"],
-                                             self.labels, self.max_shots, self.support_slices, self.slice_axis,
-                                             self.volume_mode, timings=seconds)
+        label, query, result = engine.inferer(item["image"], engine.network, timings=seconds)
         start = time.perf_counter()
         path = save_label(label, query, self.output_dir)
         seconds["write"] = time.perf_counter() - start

@@ -14,10 +14,7 @@ import torch.nn.functional as F
 from .autoencoders import LatentAutoencoder
 from .model_config import ModelConfig
 from .one_step import make_one_step_scheduler, mask_latent_from_output, training_target
-from .postprocess import (
-    keep_largest_component_3d, keep_largest_component_per_slice, keep_support_component_3d,
-    threshold_scores,
-)
+from .postprocess import binarize_scores
 from .sdfsmis import SDFSMISNet
 from .slice_latents import LatentCache, SliceLatents
 from .speed import FrozenEncoder, encode_chunk, set_memory_format
@@ -192,12 +189,4 @@ class FewShotSegmenter(nn.Module):
         """Scores (Q, H, W) -> masks. ``support_masks`` (..., H, W): the support of these scores, which
         ``component_3d: support`` needs to pick the 3D component. ``threshold`` / ``threshold_mode``:
         one call's own (None: the model's), so concurrent callers never change the shared model."""
-        masks = threshold_scores(scores, self.threshold if threshold is None else threshold,
-                                 threshold_mode or self.threshold_mode)
-        if self.keep_largest_3d and self.component_3d == "support":
-            if support_masks is None:
-                raise ValueError("component_3d 'support' picks the component by the support masks: pass them")
-            masks = keep_support_component_3d(masks, support_masks)
-        elif self.keep_largest_3d:
-            masks = keep_largest_component_3d(masks)
-        return keep_largest_component_per_slice(masks) if self.keep_largest else masks
+        return binarize_scores(scores, self.config, support_masks, threshold, threshold_mode)

@@ -118,3 +118,20 @@ def keep_support_component_3d(masks: np.ndarray, support_masks: np.ndarray, marg
     if inside[largest] >= min_share * sizes[largest] or inside.max() == 0:
         return labels == largest
     return labels == int(np.argmax(inside))
+
+
+def binarize_scores(scores: np.ndarray, config, support_masks: np.ndarray | None = None,
+                    threshold: float | None = None, threshold_mode: str | None = None) -> np.ndarray:
+    """Scores (Q, H, W) -> masks by a model config's post-processing keys (``ModelConfig``: threshold,
+    threshold_mode, keep_largest_3d, component_3d, keep_largest). ``support_masks`` (..., H, W): the
+    support of these scores, which ``component_3d: support`` needs. ``threshold`` /
+    ``threshold_mode``: one call's own (None: the config's)."""
+    masks = threshold_scores(scores, config.threshold if threshold is None else threshold,
+                             threshold_mode or config.threshold_mode)
+    if config.keep_largest_3d and config.component_3d == "support":
+        if support_masks is None:
+            raise ValueError("component_3d 'support' picks the component by the support masks: pass them")
+        masks = keep_support_component_3d(masks, support_masks)
+    elif config.keep_largest_3d:
+        masks = keep_largest_component_3d(masks)
+    return keep_largest_component_per_slice(masks) if config.keep_largest else masks
