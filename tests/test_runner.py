@@ -175,6 +175,15 @@ def test_the_learning_curve_and_draw_tables_share_one_training_per_width():
     assert all("-nearest" in j.name for j in nearest)
     assert _value(evaluate_command(nearest[0], ws), "volume_mode") == "nearest"
     assert {j.method for j in draw} == {"sdfsmis", "registration", "support_copy", "contour_interpolation"}
+    # the shipped model: read from its file, never trained by the runner, post-processed like the others
+    shipped = [j for j in draw if j.checkpoint is not None]
+    assert shipped and all(j.is_network and not j.trains and j.train_key is None for j in shipped)
+    assert {j.checkpoint for j in shipped} == {"bundle/models/model.pt"}
+    assert all("-file-bundle-models-model" in j.name for j in shipped) and len({j.name for j in shipped}) == len(shipped)
+    command = evaluate_command(shipped[0], ws)
+    assert Path(_value(command, "checkpoint")) == REPO / "bundle" / "models" / "model.pt"
+    assert _value(command, "component_3d") == "support" and _value(command, "method") == "sdfsmis"
+    assert "--steps" not in command and "--setting" not in command
 
 
 def test_training_keys_leave_out_patients_and_keep_the_rate():

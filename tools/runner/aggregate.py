@@ -37,6 +37,8 @@ def _label_source_text(source: str, gt: str) -> str:
 
 
 def _training_labels(job: Job) -> str:
+    if job.checkpoint is not None:
+        return f"the model file's own (`{job.checkpoint}`: its card's `trained_on`)"
     if not job.trains:
         return "none (no training)"
     train = [name for name in get_preset(job.dataset).labels if name not in job.training_group]

@@ -353,10 +353,10 @@ def run_job(job: Job, ws: Workspace, runner: CommandRunner = run_subprocess, env
             raise JobFailed(f"evaluation exited with status {rc}")
         modes = _mode_results(job, eval_dir)
         weights = {"autoencoder": {"name": job.autoencoder, "files": _autoencoder_hashes(job, ws)}}
-        if training is not None:
+        if job.is_network:
             model = ws.model_path(job)
-            weights["model"] = {"file": f"{model.name} (final EMA weights)", "sha256": _sha256(model),
-                                "state_dict_sha256": _weights_sha256(model)}
+            what = f"{model.name} (final EMA weights)" if training is not None else f"{job.checkpoint} (a fixed file)"
+            weights["model"] = {"file": what, "sha256": _sha256(model), "state_dict_sha256": _weights_sha256(model)}
         result = {
             "schema": RESULT_SCHEMA, "status": "complete", "table": job.table, "job": job.name,
             "config": job.config(),

@@ -82,10 +82,17 @@ class Job:
     component_3d: str | None = None
     # the draw<k> modes: how the volume is segmented from the drawn slices; None is "propagate"
     volume_mode: str | None = None
+    # a network read from this model file (relative to the repository) instead of trained by the job:
+    # the shipped model, whose training saw the table's patients (its card says which)
+    checkpoint: str | None = None
     overrides: tuple[tuple[str, object], ...] = field(default=())
 
     @property
     def trains(self) -> bool:
+        return self.method in NETWORK_METHODS and self.checkpoint is None
+
+    @property
+    def is_network(self) -> bool:
         return self.method in NETWORK_METHODS
 
     def _network_tag(self) -> str:
@@ -101,10 +108,13 @@ class Job:
         """Unique within a table; readable enough for ``--only`` patterns."""
         group = "-".join(self.group)
         volume = f"-{self.volume_mode}" if self.volume_mode else ""
+        post = "-slicecc" if self.keep_largest_3d is False else f"-{self.component_3d}cc" if self.component_3d else ""
+        if self.checkpoint is not None:
+            source = Path(self.checkpoint).with_suffix("").as_posix().replace("/", "-")
+            return f"{self.method}-file-{source}{post}{volume}_{group}_{self.shots}shot_fold{self.fold}"
         if not self.trains:
             return f"{self.method}{volume}_{group}_{self.shots}shot_fold{self.fold}"
         trained = "" if self.train_shots == self.shots else f"-t{self.train_shots}"
-        post = "-slicecc" if self.keep_largest_3d is False else f"-{self.component_3d}cc" if self.component_3d else ""
         schedule = "-constlr" if self.lr_schedule == "constant" else ""
         return (f"{self.method}-{self._network_tag()}_{group}_{self.shots}shot{trained}{post}{volume}_"
                 f"{self.steps}steps{schedule}_fold{self.fold}")
@@ -144,7 +154,7 @@ class Job:
 
 # what a table's row may set: the job's own keys, and the model keys (ModelConfig) a job varies
 _ROW_KEYS = ("method", "label", "setting", "exclusion_rule", "shots", "train_shots", "label_source",
-             "extra_datasets", "mixture_weights", "steps", "lr_schedule", "train_labels", "volume_mode",
+             "extra_datasets", "mixture_weights", "steps", "lr_schedule", "train_labels", "volume_mode", "checkpoint",
              *(key for key in ModelConfig.keys() if key in {f.name for f in fields(Job)}))
 
 
@@ -175,7 +185,12 @@ def expand_rows(table: Table, steps: int | None = None) -> list[list[Job]]:
                       method=method, label=keys.get("label", method), shots=shots, seed=table.seed,
                       volume_mode=None if keys.get("volume_mode") in (None, "propagate") else keys["volume_mode"],
                       modes=tuple(table.modes), overrides=tuple(sorted(table.overrides.items())))
-        if method in NETWORK_METHODS:
+        if method in NETWORK_METHODS and keys.get("checkpoint"):  # a fixed model file: nothing to train
+            common.update(checkpoint=str(keys["checkpoint"]), preset=keys.get("preset", "compact"),
+                          autoencoder=keys.get("autoencoder", "taef2"),
+                          keep_largest_3d=bool(keys.get("keep_largest_3d", True)),
+                          component_3d=_component_rule(keys.get("component_3d")))
+        elif method in NETWORK_METHODS:
             common.update(setting=int(keys.get("setting", 1)),
                           exclusion_rule=keys.get("exclusion_rule", "any"),
                           train_shots=int(keys.get("train_shots", shots)),
@@ -252,6 +267,8 @@ class Workspace:
         return None if job.train_key is None else self.home / "runs" / job.train_key
 
     def model_path(self, job: Job) -> Path | None:
+        if job.checkpoint is not None:
+            return self.bundle.parent / job.checkpoint
         return None if job.train_key is None else self.train_dir(job) / job.model_file
 
     def eval_dir(self, job: Job) -> Path:
@@ -325,7 +342,7 @@ def evaluate_command(job: Job, ws: Workspace) -> list[str]:
                 label_source="gt", output_dir=output_dir, eval_dir=ws.eval_dir(job), **dict(job.overrides))
     if job.volume_mode:
         keys["volume_mode"] = job.volume_mode
-    if job.trains:  # explicit, so a checkpoint's own default never decides a table's numbers
+    if job.is_network:  # explicit, so a checkpoint's own default never decides a table's numbers
         keys["checkpoint"] = ws.model_path(job)
         keys["keep_largest_3d"] = job.keep_largest_3d
         keys["component_3d"] = job.component_3d or "largest"
