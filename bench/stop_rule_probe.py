@@ -17,16 +17,15 @@ Prints one markdown report and writes it to ``bench/results/stop_rule_<date>.md`
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import itertools
 from pathlib import Path
 
 import numpy as np
 
-from result_file import publish  # bench/, the script's own folder
+from fold_probe import fold_probe_inputs  # bench/, the script's own folder
+from result_file import publish
 
-REPO = Path(__file__).resolve().parents[1]
 
 IOUS = (0.0, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
 SCORE_RATIOS = (0.0, 0.8, 0.85, 0.88, 0.9, 0.92, 0.95)
@@ -114,19 +113,9 @@ def report(walks, ks, chosen, header: str) -> str:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset_dir", required=True)
-    parser.add_argument("--checkpoint", required=True, help="a fold's supervoxel-trained model")
-    parser.add_argument("--fold", type=int, default=0)
-    parser.add_argument("--out", default=str(REPO / "bench" / "results"))
-    args = parser.parse_args(argv)
-
-    from scripts.engine.experiment import load_volumes, split_fold
     from scripts.engine.propagation import StopRule, clear_memo
-    from scripts.network.presets import build_segmenter
 
-    method = build_segmenter(checkpoint=args.checkpoint).eval()
-    training, test = split_fold(load_volumes(args.dataset_dir, "chaost2"), args.fold)
+    args, method, training, test = fold_probe_inputs(__doc__.split("\n")[0], argv)
     ks, values = (1, 3), (1, 2, 3, 4)
     walks = record_walks(method, training, ks, values)
     clear_memo()

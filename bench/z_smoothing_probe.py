@@ -14,15 +14,14 @@ Prints one markdown report and writes it to ``bench/results/z_smoothing_<date>.m
 
 from __future__ import annotations
 
-import argparse
 import datetime
 from pathlib import Path
 
 import numpy as np
 
-from result_file import publish  # bench/, the script's own folder
+from fold_probe import fold_probe_inputs  # bench/, the script's own folder
+from result_file import publish
 
-REPO = Path(__file__).resolve().parents[1]
 SIGMAS = (0.0, 0.5, 0.7, 1.0, 1.5)
 ORGANS = {1: "liver", 2: "right_kidney", 3: "left_kidney", 4: "spleen"}
 
@@ -71,18 +70,7 @@ def report(dices: dict, ks, sigmas, header: str) -> str:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset_dir", required=True)
-    parser.add_argument("--checkpoint", required=True, help="a fold's supervoxel-trained model")
-    parser.add_argument("--fold", type=int, default=0)
-    parser.add_argument("--out", default=str(REPO / "bench" / "results"))
-    args = parser.parse_args(argv)
-
-    from scripts.engine.experiment import load_volumes, split_fold
-    from scripts.network.presets import build_segmenter
-
-    method = build_segmenter(checkpoint=args.checkpoint).eval()
-    training, test = split_fold(load_volumes(args.dataset_dir, "chaost2"), args.fold)
+    args, method, training, test = fold_probe_inputs(__doc__.split("\n")[0], argv)
     ks = (1, 3)
     dices = score_walks(method, training, ks, SIGMAS)
     header = "\n".join([
