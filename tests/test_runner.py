@@ -175,6 +175,10 @@ def test_the_learning_curve_and_draw_tables_share_one_training_per_width():
     assert all("-nearest" in j.name for j in nearest)
     assert _value(evaluate_command(nearest[0], ws), "volume_mode") == "nearest"
     assert {j.method for j in draw} == {"sdfsmis", "registration", "support_copy", "contour_interpolation"}
+    # the draw protocol against steps: the curve's own fold-0 runs, one model file per budget
+    draw_curve = expand(TABLES["chaost2_s1_draw_curve"])
+    assert {j.train_key for j in draw_curve} == {j.train_key for j in compact}
+    assert {j.model_file for j in draw_curve} == {j.model_file for j in compact}
     # the shipped model: read from its file, never trained by the runner, post-processed like the others
     shipped = [j for j in draw if j.checkpoint is not None]
     assert shipped and all(j.is_network and not j.trains and j.train_key is None for j in shipped)

@@ -163,6 +163,18 @@ TABLES: dict[str, Table] = {t.name: t for t in (
                "test volumes, though never an organ label; the fold models above have seen neither.",),
     ),
     Table(
+        name="chaost2_s1_draw_curve",
+        title="CHAOST2: label k slices, get the volume, against training steps (fold 0)",
+        dataset="chaost2", dataset_dir="CHAOST2", groups=ABDOMEN_GROUPS, folds=(0,),
+        modes=tuple(DRAW_MODES),
+        # the learning curve's fold-0 models (chaost2_s1_curve), each budget's file read as the draw table reads 6k
+        defaults=dict(setting=1, label_source="supervoxel", lr_schedule="constant", train_labels=ABDOMEN_GROUPS[0],
+                      shots=3, train_shots=1, component_3d="support"),
+        rows=tuple(network(f"propagation, compact, {steps // 1000}k steps", steps=steps) for steps in CURVE_STEPS),
+        notes=("Issue #38's protocol (table `chaost2_s1_draw`) on fold 0 with the learning curve's model at "
+               "each budget (issue #43): what more training gives the person labelling.",),
+    ),
+    Table(
         name="chaost2_ablation",
         title="CHAOST2 Setting 1, liver and spleen: ablations and autoencoders, 1-shot",
         dataset="chaost2", dataset_dir="CHAOST2", groups=ABDOMEN_GROUPS[:1],
