@@ -187,6 +187,7 @@ def test_the_learning_curve_and_draw_tables_share_one_training_per_width():
     command = evaluate_command(shipped[0], ws)
     assert Path(_value(command, "checkpoint")) == REPO / "bundle" / "models" / "model.pt"
     assert _value(command, "component_3d") == "support" and _value(command, "method") == "sdfsmis"
+    assert _value(command, "eval_folds") == f"[{shipped[0].fold}]"  # its job's fold, not every fold
     assert "--steps" not in command and "--setting" not in command
 
 

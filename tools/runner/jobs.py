@@ -346,4 +346,6 @@ def evaluate_command(job: Job, ws: Workspace) -> list[str]:
         keys["checkpoint"] = ws.model_path(job)
         keys["keep_largest_3d"] = job.keep_largest_3d
         keys["component_3d"] = job.component_3d or "largest"
+    if job.checkpoint is not None:  # a file from elsewhere is scored on every fold unless told the job's
+        keys["eval_folds"] = [job.fold]
     return [ws.python, "-m", "monai.bundle", "run", "evaluating", "--config_file", EVALUATE_CONFIGS, *_args(keys)]
