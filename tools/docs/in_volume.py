@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +30,27 @@ def dice_by_k(results_dir) -> dict[str, dict[int, float]]:
     every group (each organ's value is the table's per-organ mean over cases)."""
     from scripts.protocol.matching import DRAW_MODES
 
+    from tools.runner.jobs import expand
+    from tools.runner.tables import get_table
+
     per_label: dict[str, dict[int, list[float]]] = {}
     for path in sorted(Path(results_dir).glob("*.json")):
         record = json.loads(path.read_text())
         if record.get("status") != "complete":
             continue
-        label = record["config"]["label"]
+        # the table's current name of the row (a result keeps the label it was run under)
+        labels = {job.name: job.label for job in expand(get_table(record["table"]))}
+        label = labels.get(record["job"], record["config"]["label"])
         for mode, result in record["modes"].items():
             organs = [v["dice_mean"] for name, v in result["summary"].items() if name != "mean"]
             per_label.setdefault(label, {}).setdefault(DRAW_MODES[mode], []).extend(organs)
     return {label: {k: 100 * float(np.mean(v)) for k, v in sorted(ks.items())} for label, ks in per_label.items()}
+
+
+def folds_of(results_dir) -> list[int]:
+    """The folds the complete result files of a draw table cover."""
+    return sorted({json.loads(p.read_text())["config"]["fold"] for p in Path(results_dir).glob("*.json")
+                   if json.loads(p.read_text()).get("status") == "complete"})
 
 
 def dice_vs_k_figure(results_dir, out_path, title: str) -> Path:
@@ -50,16 +62,16 @@ def dice_vs_k_figure(results_dir, out_path, title: str) -> Path:
     curves = dice_by_k(results_dir)
     if not curves:
         raise FileNotFoundError(f"no complete result file in {results_dir}")
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for label, points in curves.items():
         ks = sorted(points)
-        ax.plot(ks, [points[k] for k in ks], marker="o", label=label)
+        ax.plot(ks, [points[k] for k in ks], marker="o", label=textwrap.fill(label, 48))
     ax.set_xlabel("slices drawn per organ (k)")
     ax.set_ylabel("whole-volume Dice (%)")
     ax.set_xticks(sorted({k for p in curves.values() for k in p}))
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
@@ -115,8 +127,9 @@ def main(argv=None) -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    folds = ", ".join(str(f) for f in folds_of(args.results))
     print(dice_vs_k_figure(args.results, out / "in_volume_dice_vs_k.png",
-                           "CHAOST2, fold 0: label k slices, get the volume (liver, spleen, kidneys)"))
+                           f"CHAOST2, folds {folds}: label k slices, get the volume (liver, spleen, kidneys)"))
     if args.checkpoint and args.dataset_dir:
         from scripts.data.presets import get_preset
         from scripts.data.volumes import load_dataset

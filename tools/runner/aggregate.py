@@ -114,14 +114,17 @@ def aggregate_table(table: Table, ws: Workspace, steps: int | None = None) -> di
 def weights_mismatches(results: dict) -> list[dict]:
     """Jobs that share one training run but whose result files name different weights: the run was
     trained again between their evaluations (its cache lost, say), so the rows that claim to show one
-    model show two. Keyed by the tensors' hash where recorded, which ignores how the file was saved."""
+    model show two. Keyed by the tensors' hash where recorded, which ignores how the file was saved;
+    a run on a constant schedule writes one file per budget, each its own model."""
     by_run: dict[str, dict[str, list[str]]] = {}
     for name, result in results.items():
         training = (result or {}).get("training") or {}
         model = (result or {}).get("weights", {}).get("model") or {}
         digest = model.get("state_dict_sha256") or model.get("sha256")
         if training.get("run") and digest:
-            by_run.setdefault(training["run"], {}).setdefault(digest, []).append(name)
+            file = (model.get("file") or "model.pt").split(" ")[0]
+            run = training["run"] if file == "model.pt" else f"{training['run']} ({file})"
+            by_run.setdefault(run, {}).setdefault(digest, []).append(name)
     return [{"run": run, "jobs_by_weights": groups} for run, groups in sorted(by_run.items()) if len(groups) > 1]
 
 

@@ -148,8 +148,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         rows=(network("SD-FSMIS compact, TAEF2, propagation"),
               network("SD-FSMIS compact, TAEF2, nearest drawn slices", volume_mode="nearest"),
               # what a user gets today; its training saw these patients' images (supervoxels, no organ label)
-              network("shipped models/model.pt, propagation (trained on supervoxels of 18 of the 20 patients, "
-                      "test patients included)", checkpoint="bundle/models/model.pt"),
+              network("shipped model.pt, propagation (saw these patients in training)",
+                      checkpoint="bundle/models/model.pt"),
               dict(method="registration", label="registration, propagated slice to slice", shots=1),
               dict(method="support_copy", label="support_copy (nearest drawn slice)", volume_mode="nearest", shots=1),
               dict(method="contour_interpolation", label="contour interpolation (Slicer's fill between slices)",
