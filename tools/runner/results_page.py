@@ -242,7 +242,9 @@ def in_volume_headline(tables: dict) -> str:
             f"{folds} of {table['n_folds']} (table `{IN_VOLUME_TABLE}`): each organ drawn on k evenly spaced slices "
             "of a patient the model never saw, every slice of the volume segmented, Dice on the whole volume. "
             "The network is the fold's own, trained on supervoxels only, so no organ label was ever trained "
-            f"({', '.join(map(str, table['steps']))} steps on 2 CPU cores); the shipped model is another training.")
+            f"({', '.join(map(str, table['steps']))} steps on 2 CPU cores). The shipped model (`bundle/models/model.pt`) "
+            "is another training, on the supervoxels of 18 of the 20 patients: it has seen these images, never "
+            "an organ label. Fold 0 with longer training: `docs/results.md`, \"Against training steps\".")
     return "\n".join(lines + ["", _wrap(note)])
 
 
