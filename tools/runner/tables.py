@@ -36,6 +36,11 @@ CARDIAC_GROUPS = (("lv_bp", "lv_myo", "rv"),)
 FIVE_FOLDS = (0, 1, 2, 3, 4)
 MODES = ("ep1", "in_volume", "no_oracle")
 CURVE_STEPS = (3000, 6000, 12000, 24000)
+# supervoxel episodes only at a constant learning rate: no organ label trains, so the liver/spleen
+# training of a fold serves every organ, and one run is trained on from budget to budget
+SUPERVOXEL_RECIPE = dict(setting=1, label_source="supervoxel", lr_schedule="constant", train_labels=ABDOMEN_GROUPS[0])
+# the in-volume protocol's reading: up to 3 shots (the drawn and the just-segmented slices) of a 1-shot model
+DRAW_READING = dict(shots=3, train_shots=1, component_3d="support")
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         dataset="chaost2", dataset_dir="CHAOST2", groups=ABDOMEN_GROUPS, folds=(0,),
         # one constant-LR run per width, resumed from budget to budget; no organ label trains, so the
         # liver/spleen training serves the kidneys too
-        defaults=dict(setting=1, label_source="supervoxel", lr_schedule="constant", train_labels=ABDOMEN_GROUPS[0]),
+        defaults=SUPERVOXEL_RECIPE,
         rows=tuple(network(f"compact, {steps // 1000}k steps", steps=steps) for steps in CURVE_STEPS)
         + tuple(network(f"wide, {steps // 1000}k steps", preset="wide", steps=steps) for steps in CURVE_STEPS),
         notes=("Issue #43's learning curve: one training per width at a constant learning rate, its EMA "
@@ -143,8 +148,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         dataset="chaost2", dataset_dir="CHAOST2", groups=ABDOMEN_GROUPS, folds=(0, 1, 2),
         modes=tuple(DRAW_MODES),
         # the curve's supervoxel-trained fold models (6,000 steps): no organ label trained, every organ tested
-        defaults=dict(setting=1, label_source="supervoxel", lr_schedule="constant", train_labels=ABDOMEN_GROUPS[0],
-                      steps=6000, shots=3, train_shots=1, component_3d="support"),
+        defaults=dict(SUPERVOXEL_RECIPE, steps=6000, **DRAW_READING),
         rows=(network("SD-FSMIS compact, TAEF2, propagation"),
               network("SD-FSMIS compact, TAEF2, nearest drawn slices", volume_mode="nearest"),
               # what a user gets today; its training saw these patients' images (supervoxels, no organ label)
@@ -168,8 +172,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         dataset="chaost2", dataset_dir="CHAOST2", groups=ABDOMEN_GROUPS, folds=(0,),
         modes=tuple(DRAW_MODES),
         # the learning curve's fold-0 models (chaost2_s1_curve), each budget's file read as the draw table reads 6k
-        defaults=dict(setting=1, label_source="supervoxel", lr_schedule="constant", train_labels=ABDOMEN_GROUPS[0],
-                      shots=3, train_shots=1, component_3d="support"),
+        defaults=dict(SUPERVOXEL_RECIPE, **DRAW_READING),
         rows=tuple(network(f"propagation, compact, {steps // 1000}k steps", steps=steps) for steps in CURVE_STEPS),
         notes=("Issue #38's protocol (table `chaost2_s1_draw`) on fold 0 with the learning curve's model at "
                "each budget (issue #43): what more training gives the person labelling.",),
