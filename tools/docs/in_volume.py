@@ -25,43 +25,51 @@ REPO = Path(__file__).resolve().parents[2]  # tools/docs/in_volume.py
 CREDIT = "CHAOS challenge T2-SPIR (Kavur et al., Med. Image Anal. 2021), CC BY-SA 4.0"
 
 
-def dice_by_k(results_dir) -> dict[str, dict[int, float]]:
-    """{method label: {k: Dice %}} from a draw table's result files: the mean over every organ of
-    every group (each organ's value is the table's per-organ mean over cases)."""
-    from scripts.protocol.matching import DRAW_MODES
-
+def table_records(results_dir) -> list[tuple[str, dict]]:
+    """(the row's current label, record) of each complete result file that is a job of its table now:
+    a result keeps the label it was run under, and a file of a fold the table does not list yet is left out."""
     from tools.runner.jobs import expand
     from tools.runner.tables import get_table
 
-    per_label: dict[str, dict[int, list[float]]] = {}
+    labels: dict[str, dict[str, str]] = {}
+    out = []
     for path in sorted(Path(results_dir).glob("*.json")):
         record = json.loads(path.read_text())
         if record.get("status") != "complete":
             continue
-        # the table's current name of the row (a result keeps the label it was run under)
-        labels = {job.name: job.label for job in expand(get_table(record["table"]))}
-        label = labels.get(record["job"], record["config"]["label"])
+        table = record["table"]
+        if table not in labels:
+            labels[table] = {job.name: job.label for job in expand(get_table(table))}
+        if record["job"] in labels[table]:
+            out.append((labels[table][record["job"]], record))
+    return out
+
+
+def dice_by_k(records) -> dict[str, dict[int, float]]:
+    """{method label: {k: Dice %}} from a draw table's ``table_records``: the mean over every organ of
+    every group (each organ's value is the table's per-organ mean over cases)."""
+    from scripts.protocol.matching import DRAW_MODES
+
+    per_label: dict[str, dict[int, list[float]]] = {}
+    for label, record in records:
         for mode, result in record["modes"].items():
             organs = [v["dice_mean"] for name, v in result["summary"].items() if name != "mean"]
             per_label.setdefault(label, {}).setdefault(DRAW_MODES[mode], []).extend(organs)
     return {label: {k: 100 * float(np.mean(v)) for k, v in sorted(ks.items())} for label, ks in per_label.items()}
 
 
-def folds_of(results_dir) -> list[int]:
-    """The folds the complete result files of a draw table cover."""
-    return sorted({json.loads(p.read_text())["config"]["fold"] for p in Path(results_dir).glob("*.json")
-                   if json.loads(p.read_text()).get("status") == "complete"})
-
-
-def dice_vs_k_figure(results_dir, out_path, title: str) -> Path:
+def dice_vs_k_figure(results_dir, out_path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = dice_by_k(results_dir)
+    records = table_records(results_dir)
+    curves = dice_by_k(records)
     if not curves:
         raise FileNotFoundError(f"no complete result file in {results_dir}")
+    folds = ", ".join(str(f) for f in sorted({record["config"]["fold"] for _, record in records}))
+    title = f"CHAOST2, folds {folds}: label k slices, get the volume (liver, spleen, kidneys)"
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for label, points in curves.items():
         ks = sorted(points)
@@ -127,9 +135,7 @@ def main(argv=None) -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    folds = ", ".join(str(f) for f in folds_of(args.results))
-    print(dice_vs_k_figure(args.results, out / "in_volume_dice_vs_k.png",
-                           f"CHAOST2, folds {folds}: label k slices, get the volume (liver, spleen, kidneys)"))
+    print(dice_vs_k_figure(args.results, out / "in_volume_dice_vs_k.png"))
     if args.checkpoint and args.dataset_dir:
         from scripts.data.presets import get_preset
         from scripts.data.volumes import load_dataset
