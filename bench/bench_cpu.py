@@ -259,6 +259,7 @@ def training_rows(bench: Bench, work: Path, args) -> None:
     from scripts.data.latent_cache import LatentCache
     from scripts.data.volumes import load_volume
     from scripts.engine.training import EpisodeIteration, EpisodeObjective, build_ema, parameter_groups
+    from scripts.network.episode_loss import EpisodeLoss
     from scripts.network.presets import build_segmenter
     from scripts.network.speed import adamw_options, default_channels_last
 
@@ -284,7 +285,8 @@ def training_rows(bench: Bench, work: Path, args) -> None:
         options = adamw_options("cpu") if levers else {}
         optimizer = torch.optim.AdamW(parameter_groups(segmenter, 2e-4, 1e-3), weight_decay=0.01, **options)
         engine = SimpleNamespace(state=SimpleNamespace(device=torch.device("cpu")),
-                                 network=EpisodeObjective(segmenter), optimizer=optimizer, inferer=SimpleInferer())
+                                 network=EpisodeObjective(segmenter), optimizer=optimizer, inferer=SimpleInferer(),
+                                 loss_function=EpisodeLoss())
         iteration = EpisodeIteration(cache, LatentMaskAffine().set_random_state(seed=0), build_ema(segmenter))
         if authors:
             return lambda: authors_training_step(iteration, engine, batch)

@@ -78,7 +78,7 @@ def authors_training_step(iteration, engine, batch: dict) -> dict:
     for e in range(episodes):
         one = {key: (value[e:e + 1] if isinstance(value, (list, torch.Tensor)) else value)
                for key, value in batch.items()}
-        losses = engine.inferer(iteration.prepare(one, engine.state.device), engine.network)
+        losses = iteration.losses(engine, iteration.prepare(one, engine.state.device))
         (losses["loss"] / episodes).backward()
         total += float(losses["loss"].detach()) / episodes
     if iteration.grad_clip:

@@ -252,3 +252,34 @@ def test_docs_figures_are_drawn_from_a_run(trained, phantom_dir, tmp_path):
     for name in ("training_curve.png", "overlay_liver.png"):
         png = (tmp_path / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_inference_preprocessing_and_postprocessing_are_the_configs(trained, phantom_dir, tmp_path):
+    """inference.yaml's `preprocessing` is what reads the files (a smaller `image_size` gives smaller
+    slices, still mapped back onto the query's grid) and its `postprocessing` what writes them."""
+    from monai.bundle import ConfigParser
+
+    from scripts.data.volumes import default_transforms, load_volume, to_original_grid
+
+    image, label = phantom_dir / "image_1.nii.gz", phantom_dir / "label_1.nii.gz"
+    parser = ConfigParser()
+    parser.read_config(INFERENCE)
+    parser.update({"bundle_root": str(BUNDLE)})
+    spelled = load_volume(image, label, transforms=parser.get_parsed_content("preprocessing"))
+    default = load_volume(image, label, transforms=default_transforms(2, 256))
+    np.testing.assert_array_equal(spelled.image, default.image)
+    np.testing.assert_array_equal(spelled.label, default.label)
+    parser.update({"image_size": 96, "preprocessing#intensity#0#minv": 0.0})
+    small = load_volume(image, label, transforms=parser.get_parsed_content("preprocessing", lazy=False))
+    assert small.image.shape[1:] == (96, 96) and small.image.min() == 0.0
+    np.testing.assert_array_equal(to_original_grid(small.label, small), np.asarray(nib.load(label).dataobj))
+
+    out, _ = trained
+    query = phantom_dir / "image_2.nii.gz"
+    workflow, _ = run_workflow(INFERENCE, "inference", bundle_root=str(BUNDLE), checkpoint=str(out / "model.pt"),
+                               model=f"%{out / 'model.card.json'}#config", support_image=str(image),
+                               support_label=str(label), query_images=[str(query)], output_dir=str(tmp_path),
+                               image_size=128, **{"postprocessing#output_postfix": "mask"})
+    assert workflow.evaluator.state.output["slices"] == [12, 128, 128]
+    written = nib.load(tmp_path / "image_2_mask.nii.gz")
+    assert written.shape == nib.load(query).shape and not list(tmp_path.glob("*_seg.nii.gz"))

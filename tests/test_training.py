@@ -10,6 +10,7 @@ from scripts.data.episodes import EpisodeDataset
 from scripts.data.latent_cache import LatentCache
 from scripts.data.phantoms import phantom_volumes
 from scripts.engine.training import EpisodeIteration, EpisodeObjective, build_ema, collate_episodes
+from scripts.network.episode_loss import EpisodeLoss
 from scripts.network.presets import build_segmenter
 
 
@@ -26,7 +27,7 @@ def test_training_iterations_lower_the_loss_and_move_the_ema():
     objective = EpisodeObjective(segmenter)
     engine = SimpleNamespace(state=SimpleNamespace(device=torch.device("cpu")), network=objective,
                              optimizer=torch.optim.AdamW(segmenter.net.parameters(), lr=1e-3),
-                             inferer=SimpleInferer())
+                             inferer=SimpleInferer(), loss_function=EpisodeLoss())
     iteration = EpisodeIteration(cache, LatentMaskAffine(prob=0.0), ema)
     losses = [iteration(engine, batches[step % len(batches)])["loss"] for step in range(24)]
     assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
@@ -69,7 +70,7 @@ def _loss_curve(optimizer_name: str, lr: float, steps: int = 30) -> tuple[list[f
     batches = [collate_episodes([episodes[i + j] for j in range(4)]) for i in range(0, 16, 4)]
     optimizer = build_optimizer(optimizer_name, parameter_groups(segmenter, lr, lr), 0.01, "cpu")
     engine = SimpleNamespace(state=SimpleNamespace(device=torch.device("cpu")), network=EpisodeObjective(segmenter),
-                             optimizer=optimizer, inferer=SimpleInferer())
+                             optimizer=optimizer, inferer=SimpleInferer(), loss_function=EpisodeLoss())
     iteration = EpisodeIteration(cache, LatentMaskAffine(prob=0.0), None)
     losses = [iteration(engine, batches[step % len(batches)])["loss"] for step in range(steps)]
     return losses, state_bytes(optimizer)
@@ -93,3 +94,22 @@ def test_unknown_optimizer_is_refused():
 
     with pytest.raises(ValueError, match="unknown optimizer 'sgdx'"):
         build_optimizer("sgdx", [torch.nn.Parameter(torch.zeros(2))], 0.0, "cpu")
+
+
+def test_episode_loss_is_the_velocity_mse_plus_the_weighted_dice_of_the_sharpened_scores():
+    """train.yaml's loss_function, written out: MSE(velocity, target) + w * (1 - soft Dice) of
+    sigmoid(4 * scores) per episode, averaged; w = 0 is the MSE alone and needs no scores."""
+    torch.manual_seed(0)
+    outputs = {"velocity": torch.randn(3, 4, 8, 8), "target": torch.randn(3, 4, 8, 8),
+               "scores": torch.randn(3, 1, 32, 32)}
+    mask = (torch.rand(3, 1, 32, 32) > 0.5).float()
+    got = EpisodeLoss(mask_weight=0.5, sharpness=4.0)(outputs, mask)
+    mse = ((outputs["velocity"] - outputs["target"]) ** 2).mean()
+    p = torch.sigmoid(4.0 * outputs["scores"])
+    dice = (1 - (2 * (p * mask).sum((1, 2, 3)) + 1) / (p.sum((1, 2, 3)) + mask.sum((1, 2, 3)) + 1)).mean()
+    torch.testing.assert_close(got["mse"], mse)
+    torch.testing.assert_close(got["dice"], dice)
+    torch.testing.assert_close(got["loss"], mse + 0.5 * dice)
+    authors = EpisodeLoss(mask_weight=0.0)
+    assert not authors.needs_scores
+    assert set(authors({"velocity": outputs["velocity"], "target": outputs["target"]}, mask)) == {"mse", "loss"}

@@ -7,9 +7,11 @@ scaled to [-1, 1], labels with their raw values. Rows and columns follow the arr
 `file[:, :, z].T` (rows = file axis 1, columns = file axis 0).
 
 Loading uses MONAI's dictionary transforms (LoadImaged, EnsureChannelFirstd, ScaleIntensityd,
-Resized, optionally Orientationd). The resampling steps are recorded as the image's applied
-operations, kept in `Volume.meta`, so `to_original_grid` can undo them with MONAI's inverse
-machinery and a prediction overlays the input file voxel for voxel. Label-like arrays are resized
+Resized, optionally Orientationd), held by a `SliceSpaceTransforms`: the bundle's configs spell
+them (`preprocessing`), `default_transforms` is the same list for code without a config. The
+resampling steps are recorded as the image's applied operations, kept in `Volume.meta`, so
+`to_original_grid` can undo them with MONAI's inverse machinery and a prediction overlays the input
+file voxel for voxel. Label-like arrays are resized
 with "nearest-exact", which makes an upsample-then-invert round trip exact.
 
 Support and query are brought to one orientation before slicing (`matching_orientation`: the
@@ -47,8 +49,8 @@ from monai.utils import TraceKeys
 from .presets import DatasetPreset, get_preset
 
 __all__ = ["DataError", "Volume", "Header", "read_header", "orientation_codes", "matching_orientation",
-           "load_volume", "volume_from_arrays", "load_dataset", "list_pids", "to_original_grid", "dataset_folder",
-           "present_values"]
+           "SliceSpaceTransforms", "default_transforms", "in_plane_size", "load_volume", "volume_from_arrays",
+           "load_dataset", "list_pids", "to_original_grid", "dataset_folder", "present_values"]
 
 AFFINE_TOLERANCE = 1e-3
 MAX_SLICE_ANGLE = 45.0          # degrees between support and query slices that one orientation can still match
@@ -207,45 +209,71 @@ def _slice_permutation(slice_axis: int) -> tuple[int, int, int]:
     return slice_axis, b, a
 
 
-@functools.lru_cache(maxsize=None)
-def _reader() -> Compose:
-    return Compose([
-        LoadImaged(keys=_KEYS, image_only=True, allow_missing_keys=True),
-        EnsureChannelFirstd(keys=_KEYS, allow_missing_keys=True),
-    ])
+def in_plane_size(size: int, slice_axis: int) -> tuple[int, int, int]:
+    """``Resized``'s ``spatial_size`` for slices of ``size`` x ``size``: -1 keeps the slice axis."""
+    if slice_axis not in (0, 1, 2):
+        raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
+    spatial = [int(size)] * 3
+    spatial[slice_axis] = -1
+    return tuple(spatial)
+
+
+class SliceSpaceTransforms:
+    """The MONAI transforms that bring one file to slice space, in the order they run.
+
+    ``read`` (LoadImaged, EnsureChannelFirstd) reads each file on its own, so a failure names it;
+    the checks that need two files (a label on its image's grid, integer labels, finite voxels) run
+    next, in Python; then ``intensity`` (ScaleIntensityd) and the invertible geometry, recorded and
+    undone by ``to_original_grid``: ``orientation`` (given the call's axis codes, e.g. an
+    ``Orientationd`` partial, since a query is read in its support's codes, chosen per call from both
+    affines; None: the stored orientation) and ``resize`` (Resized in-plane, the slice axis kept).
+    The bundle's configs spell these transforms (``preprocessing``); ``default_transforms`` is
+    the same list, for the code that loads data without a config."""
+
+    def __init__(self, read: Sequence, intensity: Sequence, resize: Sequence, orientation=None):
+        self.read, self.intensity = Compose(list(read)), Compose(list(intensity))
+        self.resize, self.orientation = list(resize), orientation
+
+    def geometry(self, axcodes: str | None) -> Compose:
+        """The invertible part for one call: orientation to ``axcodes`` (if any), then resize."""
+        steps = list(self.resize)
+        if axcodes:
+            if self.orientation is None:
+                raise ValueError("these transforms have no orientation step, so a query cannot be read in "
+                                 f"its support's axis codes ({axcodes})")
+            steps.insert(0, self.orientation(axcodes=axcodes))
+        return Compose(steps)
 
 
 @functools.lru_cache(maxsize=None)
-def _scaler() -> ScaleIntensityd:
-    return ScaleIntensityd(keys="image", minv=-1.0, maxv=1.0)
+def default_transforms(slice_axis: int = 2, size: int = 256) -> SliceSpaceTransforms:
+    """What ``inference.yaml``'s ``preprocessing`` spells, for the image, its label and supervoxels."""
+    spatial = in_plane_size(size, slice_axis)
+    return SliceSpaceTransforms(
+        read=[LoadImaged(keys=_KEYS, image_only=True, allow_missing_keys=True),
+              EnsureChannelFirstd(keys=_KEYS, allow_missing_keys=True)],
+        intensity=[ScaleIntensityd(keys="image", minv=-1.0, maxv=1.0)],
+        orientation=functools.partial(Orientationd, keys=_KEYS, labels=None, allow_missing_keys=True),
+        resize=[Resized(keys="image", spatial_size=spatial, mode="area", allow_missing_keys=True),
+                Resized(keys=_LABEL_KEYS, spatial_size=spatial, mode=_LABEL_MODE, allow_missing_keys=True)],
+    )
 
 
-@functools.lru_cache(maxsize=None)
-def _geometry(slice_axis: int, size: int, axcodes: str | None) -> Compose:
-    """The invertible part: optional reorientation, then in-plane resize keeping the depth."""
-    spatial = [size, size, size]
-    spatial[slice_axis] = -1  # -1: keep this axis as it is
-    steps: list = []
-    if axcodes:
-        steps.append(Orientationd(keys=_KEYS, axcodes=axcodes, labels=None, allow_missing_keys=True))
-    steps += [
-        Resized(keys="image", spatial_size=tuple(spatial), mode="area", allow_missing_keys=True),
-        Resized(keys=_LABEL_KEYS, spatial_size=tuple(spatial), mode=_LABEL_MODE, allow_missing_keys=True),
-    ]
-    return Compose(steps)
-
-
-def _read(path: Path, key: str) -> MetaTensor:
+def _read(path: Path, key: str, transforms: SliceSpaceTransforms) -> MetaTensor:
     """Read one file as a channel-first MetaTensor (1, X, Y, Z), naming the file on any failure."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        data = _reader()({key: str(path)})[key]
+        data = transforms.read({key: str(path)})
     except Exception as err:  # nibabel, ITK and gzip raise many types; all mean "unreadable"
         cause = err
         while cause.__cause__ is not None:  # MONAI wraps the reader's error in "applying transform ..."
             cause = cause.__cause__
         raise DataError(f"{path}: cannot read {key} ({type(cause).__name__}: {cause})") from err
+    if not isinstance(data.get(key), MetaTensor):
+        raise ValueError(f"the preprocessing's read transforms do not load the key {key!r} (their keys must "
+                         f"include it, and end with a channel-first image): {path}")
+    data = data[key]
     if data.ndim != 4 or data.shape[0] != 1:
         raise DataError(f"{path}: expected a 3D single-channel image, got array shape {tuple(data.shape[1:])}"
                         f" with {data.shape[0]} channel(s)")
@@ -280,8 +308,8 @@ def present_values(label: np.ndarray) -> list[int]:
     return [int(v) for v in np.unique(label) if v != 0]
 
 
-def _to_volume(pid: str, tensors: dict[str, MetaTensor], names: dict[str, str], slice_axis: int, size: int,
-               axcodes: str | None, meta: dict[str, Any]) -> Volume:
+def _to_volume(pid: str, tensors: dict[str, MetaTensor], names: dict[str, str], slice_axis: int,
+               transforms: SliceSpaceTransforms, axcodes: str | None, meta: dict[str, Any]) -> Volume:
     """Validate channel-first tensors, bring them to slice space and record how to invert."""
     image = tensors["image"]
     img_name = names["image"]
@@ -300,9 +328,13 @@ def _to_volume(pid: str, tensors: dict[str, MetaTensor], names: dict[str, str], 
 
     if axcodes:  # Orientationd needs a direction per axis: say so rather than fail inside it
         orientation_codes(image.affine, img_name)
-    data = _scaler()(dict(tensors))
-    data = _geometry(slice_axis, size, axcodes)(data)
+    geometry = transforms.geometry(axcodes)
+    data = geometry(transforms.intensity(dict(tensors)))
     out = data["image"]
+    in_plane = [n for axis, n in enumerate(out.shape[1:]) if axis != slice_axis]
+    if in_plane[0] != in_plane[1]:  # a resize that keeps another axis than slice_axis, say
+        raise ValueError(f"the preprocessing must resize the slices (axis {slice_axis} kept) to squares; "
+                         f"{img_name} came out {tuple(out.shape[1:])} from {tuple(image.shape[1:])}")
     perm = _slice_permutation(slice_axis)
     to_slices = lambda t: np.ascontiguousarray(t.as_tensor()[0].numpy().transpose(perm))  # noqa: E731
     pixdim = np.asarray(out.pixdim, dtype=float)
@@ -315,8 +347,8 @@ def _to_volume(pid: str, tensors: dict[str, MetaTensor], names: dict[str, str], 
         original_affine=np.asarray(image.affine, dtype=float),
         slice_space_affine=np.asarray(out.affine, dtype=float),
         slice_axis=slice_axis,
-        size=size,
         axcodes=axcodes,
+        geometry=geometry,  # replays the recorded ops backwards (to_original_grid)
         inverse_ops=ops,
     )
     label = supervoxels = None
@@ -337,11 +369,13 @@ def _to_volume(pid: str, tensors: dict[str, MetaTensor], names: dict[str, str], 
 
 def load_volume(image_path: str | Path, label_path: str | Path | None = None,
                 supervoxel_path: str | Path | None = None, slice_axis: int = 2, size: int = 256,
-                pid: str | None = None, axcodes: str | None = None) -> Volume:
+                pid: str | None = None, axcodes: str | None = None,
+                transforms: SliceSpaceTransforms | None = None) -> Volume:
     """Load one scan (and its label and supervoxels) into slice space.
 
     `axcodes` (e.g. "RAS") reorients before anything else; the default keeps the stored orientation,
-    as the field does. `pid` defaults to the file name's trailing number or stem.
+    as the field does. `pid` defaults to the file name's trailing number or stem. `transforms`: a
+    config's `preprocessing` (default: `default_transforms(slice_axis, size)`).
     """
     if slice_axis not in (0, 1, 2):
         raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
@@ -350,13 +384,14 @@ def load_volume(image_path: str | Path, label_path: str | Path | None = None,
         paths["label"] = Path(label_path)
     if supervoxel_path is not None:
         paths["supervoxels"] = Path(supervoxel_path)
-    tensors = {key: _read(path, key) for key, path in paths.items()}
+    transforms = transforms or default_transforms(slice_axis, size)
+    tensors = {key: _read(path, key, transforms) for key, path in paths.items()}
     if pid is None:
         stem = paths["image"].name.split(".")[0]
         match = re.search(r"(\d+)$", stem)
         pid = match.group(1) if match else stem
     meta = {f"{key}_path": str(path) for key, path in paths.items()}
-    return _to_volume(str(pid), tensors, {k: str(p) for k, p in paths.items()}, slice_axis, size, axcodes, meta)
+    return _to_volume(str(pid), tensors, {k: str(p) for k, p in paths.items()}, slice_axis, transforms, axcodes, meta)
 
 
 def volume_from_arrays(pid: str, image: np.ndarray, label: np.ndarray | None = None,
@@ -373,7 +408,8 @@ def volume_from_arrays(pid: str, image: np.ndarray, label: np.ndarray | None = N
         if arr.ndim != 3:
             raise DataError(f"{names[key]}: expected a 3D array, got shape {arr.shape}")
         tensors[key] = MetaTensor(torch.as_tensor(arr.astype(np.float32))[None], affine=affine_t.clone())
-    return _to_volume(str(pid), tensors, names, slice_axis, size, axcodes, {"source": "arrays"})
+    return _to_volume(str(pid), tensors, names, slice_axis, default_transforms(slice_axis, size), axcodes,
+                      {"source": "arrays"})
 
 
 def to_original_grid(label_slices: np.ndarray, volume: Volume) -> np.ndarray:
@@ -394,7 +430,7 @@ def to_original_grid(label_slices: np.ndarray, volume: Volume) -> np.ndarray:
     tensor = MetaTensor(torch.as_tensor(arr.transpose(file_order).astype(np.float32))[None],
                         affine=torch.as_tensor(meta["slice_space_affine"]))
     tensor.applied_operations = convert_applied_interp_mode(copy.deepcopy(meta["inverse_ops"]), mode=_LABEL_MODE)
-    inverted = _geometry(meta["slice_axis"], meta["size"], meta["axcodes"]).inverse({"image": tensor})["image"]
+    inverted = meta["geometry"].inverse({"image": tensor})["image"]
     out = inverted.as_tensor()[0].numpy() if isinstance(inverted, MetaTensor) else np.asarray(inverted)[0]
     if out.shape != tuple(meta["original_shape"]):  # guards the contract; MONAI should never break it
         raise RuntimeError(f"volume {volume.pid}: inverse gave shape {out.shape}, expected {meta['original_shape']}")
@@ -430,7 +466,8 @@ def list_pids(root: str | Path, preset: DatasetPreset | str) -> list[str]:
 
 def load_dataset(root: str | Path, preset: DatasetPreset | str, pids: Sequence[str | int] | None = None,
                  with_supervoxels: bool = False, labels: dict[str, int] | None = None, min_volumes: int = 1,
-                 size: int = 256, axcodes: str | None = None) -> list[Volume]:
+                 size: int = 256, axcodes: str | None = None,
+                 transforms: SliceSpaceTransforms | None = None) -> list[Volume]:
     """Load the labelled volumes of a dataset, sorted by numeric pid.
 
     `labels` (default: the preset's) is checked against the data: a value found in no volume means
@@ -448,7 +485,8 @@ def load_dataset(root: str | Path, preset: DatasetPreset | str, pids: Sequence[s
     for pid in pids:
         sv = root / preset.supervoxel_pattern.format(pid=pid) if with_supervoxels else None
         volume = load_volume(folder / preset.image_pattern.format(pid=pid), folder / preset.label_pattern.format(pid=pid),
-                             sv, slice_axis=preset.slice_axis, size=size, pid=pid, axcodes=axcodes)
+                             sv, slice_axis=preset.slice_axis, size=size, pid=pid, axcodes=axcodes,
+                             transforms=transforms)
         volume.meta["preset"] = preset.name
         volumes.append(volume)
     label_map = preset.labels if labels is None else dict(labels)

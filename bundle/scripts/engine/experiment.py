@@ -25,10 +25,11 @@ from scripts.protocol.folds import make_folds
 logger = logging.getLogger(__name__)
 
 
-def load_volumes(dataset_dir, dataset, with_supervoxels: bool = False, phantom_volumes: int | None = None):
+def load_volumes(dataset_dir, dataset, with_supervoxels: bool = False, phantom_volumes: int | None = None,
+                 transforms=None):
     """Load a dataset; the ``phantom`` dataset is generated on first use (the embedded default):
     `phantom_volumes` of them (10 if None), and a folder holding another count is rewritten only
-    when a count is given."""
+    when a count is given. ``transforms``: the config's ``preprocessing`` (None: the default list)."""
     preset = get_preset(dataset)
     root = Path(dataset_dir)
     if preset.name == "phantom":
@@ -41,7 +42,7 @@ def load_volumes(dataset_dir, dataset, with_supervoxels: bool = False, phantom_v
             write_phantom_dataset(root, n_volumes=n_volumes)
     if not root.is_dir():
         raise DataError(f"dataset folder {root} does not exist (set dataset_dir)")
-    return load_dataset(root, preset, with_supervoxels=with_supervoxels)
+    return load_dataset(root, preset, with_supervoxels=with_supervoxels, transforms=transforms)
 
 
 def as_fold(fold) -> int | None:
@@ -142,12 +143,13 @@ def namespaced(volumes, name: str) -> list[Volume]:
             for v in volumes]
 
 
-def load_extra_datasets(entries, main_dataset, label_source: str = "gt") -> list[ExtraDataset]:
+def load_extra_datasets(entries, main_dataset, label_source: str = "gt", transforms=None) -> list[ExtraDataset]:
     """The `extra_datasets` of train.yaml: mappings {dataset, dataset_dir, test_labels=[], fold=None,
     n_folds=5, label_source=None}. Every patient trains unless the entry names a fold; every class
     unless it names test labels; its episodes take the training's ``label_source`` unless it names
     its own (e.g. ground truth of another dataset beside a main dataset trained on supervoxels only).
-    The main dataset's pids stay as they are (its caches and checkpoints stay valid)."""
+    The main dataset's pids stay as they are (its caches and checkpoints stay valid); their files go
+    through ``transforms`` (the config's ``preprocessing``), as the main dataset's."""
     if entries is None:
         return []
     if isinstance(entries, Mapping) or isinstance(entries, str) or not isinstance(entries, Sequence):
@@ -181,7 +183,8 @@ def load_extra_datasets(entries, main_dataset, label_source: str = "gt") -> list
         try:
             test = label_values(config["dataset"], config["test_labels"])
             train = training_values(config["dataset"], config["test_labels"])
-            volumes = namespaced(load_volumes(config["dataset_dir"], config["dataset"], with_supervoxels), name)
+            volumes = namespaced(load_volumes(config["dataset_dir"], config["dataset"], with_supervoxels,
+                                              transforms=transforms), name)
             train_volumes, _ = split_fold(volumes, config["fold"], config["n_folds"])
         except ValueError as error:  # DataError is one: keep its type, add which entry it is
             raise type(error)(f"{where} ({name}): {error}") from error
@@ -194,13 +197,14 @@ def extra_volumes(extras: Sequence[ExtraDataset]) -> list[Volume]:
     return [v for extra in extras for v in extra.train_volumes]
 
 
-def episode_dataset(volumes, train_values, test_values=(), extras: Sequence[ExtraDataset] = (), n_episodes: int = 1000,
+def episode_dataset(data, train_values, test_values=(), extras: Sequence[ExtraDataset] = (), n_episodes: int = 1000,
                     seed: int = 0, weights: Sequence[float] | None = None, **options):
-    """The training episodes: an `EpisodeDataset` of the main dataset, exactly as before, or with
+    """The training episodes drawn from ``data`` (the training patients' volumes, in slice space): an
+    `EpisodeDataset` of the main dataset, exactly as before, or with
     extra datasets an `EpisodeMixture` of one `EpisodeDataset` per dataset (same options, but an
     extra dataset's own label source). ``weights``: each dataset's share, main first (None: by
     numbers of training classes, `EpisodeMixture`)."""
-    main = EpisodeDataset(volumes, train_values, test_values, n_episodes=n_episodes, seed=seed, **options)
+    main = EpisodeDataset(data, train_values, test_values, n_episodes=n_episodes, seed=seed, **options)
     if not extras:
         if weights is not None:
             raise ValueError("mixture weights are given but there are no extra_datasets to mix with")
@@ -209,7 +213,7 @@ def episode_dataset(volumes, train_values, test_values=(), extras: Sequence[Extr
                                      n_episodes=n_episodes, seed=seed,
                                      **{**options, **({"label_source": x.label_source} if x.label_source else {})})
                       for x in extras]
-    names = [str(volumes[0].meta.get("preset", "main"))] + [x.name for x in extras]
+    names = [str(data[0].meta.get("preset", "main"))] + [x.name for x in extras]
     return EpisodeMixture(parts, names, n_episodes=n_episodes, seed=seed, weights=weights)
 
 

@@ -29,10 +29,19 @@ def seconds_since_start() -> float | None:
         return None
 
 
-def save_label(label: np.ndarray, query, output_dir, postfix: str = "seg") -> Path:
-    """Write a label array on the query file's grid with the query's affine; return the path."""
-    from monai.data import MetaTensor
+def label_writer(output_dir, postfix: str = "seg"):
+    """What ``inference.yaml``'s ``postprocessing`` spells: MONAI's ``SaveImage`` writing a label
+    already on the query file's grid, as int16 NIfTI with the query's affine."""
     from monai.transforms import SaveImage
+
+    return SaveImage(output_dir=str(output_dir), output_postfix=postfix, output_ext=".nii.gz", resample=False,
+                     separate_folder=False, output_dtype=np.int16, print_log=False, savepath_in_metadict=True)
+
+
+def save_label(label: np.ndarray, query, output_dir=None, postfix: str = "seg", writer=None) -> Path:
+    """Write a label array on the query file's grid with the query's affine through ``writer`` (a
+    ``SaveImage``; default ``label_writer(output_dir, postfix)``); return the path written."""
+    from monai.data import MetaTensor
 
     source = query.meta.get("image_path", f"query_{query.pid}.nii.gz")
     tensor = MetaTensor(
@@ -40,11 +49,8 @@ def save_label(label: np.ndarray, query, output_dir, postfix: str = "seg") -> Pa
         affine=torch.as_tensor(query.meta["original_affine"]),
         meta={"filename_or_obj": source},
     )
-    saver = SaveImage(output_dir=str(output_dir), output_postfix=postfix, output_ext=".nii.gz", resample=False,
-                      separate_folder=False, output_dtype=np.int16, print_log=False)
-    saver(tensor)
-    name = Path(source).name.split(".")[0]
-    return Path(output_dir) / f"{name}_{postfix}.nii.gz"
+    saved = (writer or label_writer(output_dir, postfix))(tensor)
+    return Path(saved.meta["saved_to"])
 
 
 def check_inputs(checkpoint, support_image, support_label, query_images, slice_axis: int = 2,
@@ -120,10 +126,11 @@ def query_dataset(query_images) -> list[dict]:
 class QueryIteration:
     """``iteration_update`` of the inference workflow's MONAI ``SupervisedEvaluator``: one query volume
     -> ``engine.inferer(query, engine.network)`` (``volume_inferer.py``: the config's ``inferer`` and
-    ``network_def``) -> its segmentation, written as NIfTI on the query's grid."""
+    ``network_def``) -> its segmentation on the query's grid, written by ``writer`` (the config's
+    ``postprocessing``, a ``SaveImage``)."""
 
-    def __init__(self, output_dir):
-        self.output_dir = output_dir
+    def __init__(self, writer):
+        self.writer = writer
         if _inputs_checked_at is not None:  # the config built the model between the check and here
             logger.debug("model load: %.1fs", time.perf_counter() - _inputs_checked_at)
 
@@ -133,7 +140,7 @@ class QueryIteration:
         seconds: dict[str, float] = {}
         label, query, result = engine.inferer(item["image"], engine.network, timings=seconds)
         start = time.perf_counter()
-        path = save_label(label, query, self.output_dir)
+        path = save_label(label, query, writer=self.writer)
         seconds["write"] = time.perf_counter() - start
         logger.info("%s -> %s (labels %s, shots %s)", item["image"], path, result.labels, result.shots_per_label)
         encode_s = stats["encode_s"] - before.get("encode_s", 0.0) if stats is not None else 0.0
@@ -141,4 +148,5 @@ class QueryIteration:
         logger.debug("%s: loading %.1fs, encoding %.1fs (%d slices), network %.1fs, mapping back %.1fs, writing %.1fs",
                      Path(item["image"]).name, seconds["load"], encode_s, encoded, seconds["segment"] - encode_s,
                      seconds["map_back"], seconds["write"])
-        return {"image": item["image"], "pred_path": str(path), "labels": result.labels}
+        return {"image": item["image"], "pred_path": str(path), "labels": result.labels,
+                "slices": list(query.image.shape)}  # what the network read: the preprocessing's output

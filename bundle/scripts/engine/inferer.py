@@ -209,7 +209,8 @@ def _same_file(a, b) -> bool:
 
 def segment_files(method, support_image_path, support_label_path, query_image_path, labels=None,
                   max_shots: int | None = None, support_slices=None, slice_axis: int = 2, mode: str = "propagate",
-                  timings: dict | None = None, threshold: float | None = None, threshold_mode: str | None = None):
+                  timings: dict | None = None, threshold: float | None = None, threshold_mode: str | None = None,
+                  transforms=None):
     """Files in (anything MONAI's LoadImage reads), label volume out on the query's original grid.
 
     Returns (label array in the query file's original shape, the query ``Volume`` (its ``meta`` has
@@ -219,18 +220,19 @@ def segment_files(method, support_image_path, support_label_path, query_image_pa
     is the support file's), so its slices meet the support's as in space, and mapped back after; a
     query whose slices lie too far from the support's is refused (``DataError``). ``timings``, if
     given, receives the seconds of each part: ``load``, ``segment``, ``map_back``. ``threshold`` /
-    ``threshold_mode``: this call's own (None: the method's)."""
+    ``threshold_mode``: this call's own (None: the method's). ``transforms``: a config's
+    ``preprocessing`` (``scripts.data.volumes.SliceSpaceTransforms``; None: the default list)."""
     from scripts.data.volumes import load_volume, matching_orientation, read_header, to_original_grid
 
     start = time.perf_counter()
     same_volume = _same_file(support_image_path, query_image_path)
-    support = load_volume(support_image_path, support_label_path, slice_axis=slice_axis)
+    support = load_volume(support_image_path, support_label_path, slice_axis=slice_axis, transforms=transforms)
     if same_volume:
         query = support
     else:
         codes = matching_orientation(support.meta["original_affine"], read_header(query_image_path).affine,
                                      slice_axis, str(support_image_path), str(query_image_path))
-        query = load_volume(query_image_path, slice_axis=slice_axis, axcodes=codes)
+        query = load_volume(query_image_path, slice_axis=slice_axis, axcodes=codes, transforms=transforms)
     loaded = time.perf_counter()
     result = segment_volume(method, support.image, support.label, query.image, labels, max_shots,
                             same_volume, support_slices, mode, threshold, threshold_mode)

@@ -2,10 +2,11 @@
 
 The trainer itself, its handlers (progress bar, stats, TensorBoard, LR schedule, checkpoints,
 validation) and the optimiser are stock and wired in ``bundle/configs/train.yaml``. What is ours:
-- ``EpisodeObjective``: the module the trainer optimises (wraps the segmenter; its ``forward`` is
-  the loss, so DDP sees one forward per step);
+- ``EpisodeObjective``: the module the trainer optimises (wraps the segmenter; its ``forward`` gives
+  what the loss reads, so DDP sees one forward per step);
 - ``EpisodeIteration``: the trainer's ``iteration_update``: gather cached latents of each episode,
-  augment latent and mask together, one optimiser step with gradient clipping, EMA update;
+  augment latent and mask together, the trainer's ``loss_function`` (``train.yaml``), one optimiser
+  step with gradient clipping, EMA update;
 - ``collate_episodes``: K-shot episodes -> flat support batch (E*K) and query batch (E);
 - ``build_ema`` / ``ema_segmenter``: the EMA of the weights that every table evaluates.
 """
@@ -24,8 +25,8 @@ class EpisodeObjective(nn.Module):
         super().__init__()
         self.segmenter = segmenter
 
-    def forward(self, batch: dict) -> dict:
-        return self.segmenter.loss(batch)
+    def forward(self, batch: dict, with_scores: bool = True) -> dict:
+        return self.segmenter.episode_outputs(batch, with_scores)
 
 
 def collate_episodes(items: list[dict]) -> dict:
@@ -86,6 +87,13 @@ class EpisodeIteration:
             out_latents[empty], out_masks[empty] = latents[empty], masks[empty]
         return out_latents, out_masks
 
+    @staticmethod
+    def losses(engine, batch: dict) -> dict:
+        """The trainer's ``loss_function`` (``train.yaml``) of the objective's forward (through the
+        trainer's ``SimpleInferer``) on a prepared batch."""
+        with_scores = getattr(engine.loss_function, "needs_scores", True)
+        return engine.loss_function(engine.inferer(batch, engine.network, with_scores=with_scores), batch["query_mask"])
+
     def __call__(self, engine, batchdata: dict) -> dict:
         batch = self.prepare(batchdata, engine.state.device)
         engine.network.train()
@@ -94,7 +102,7 @@ class EpisodeIteration:
             if self.amp else contextlib.nullcontext()
         )
         with autocast:
-            losses = engine.inferer(batch, engine.network)  # SimpleInferer: the objective's forward
+            losses = self.losses(engine, batch)
         engine.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         if self.grad_clip:

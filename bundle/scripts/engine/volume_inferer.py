@@ -74,19 +74,21 @@ class FewShotVolumeInferer(Inferer):
     """``inferer(query image file, network)`` -> (label array on the query file's grid, the query
     ``Volume``, the ``Segmentation`` in slice space): ``segment_files`` with the workflow's support
     and settings. ``model``: the config's ``model`` block, whose post-processing keys serve a network
-    other than the bundle's (that one carries its own config)."""
+    other than the bundle's (that one carries its own config). ``preprocessing``: the config's
+    transforms from file to slice space (``SliceSpaceTransforms``; None: the default list)."""
 
     def __init__(self, support_image, support_label, labels=None, max_shots: int | None = None, support_slices=None,
-                 slice_axis: int = 2, volume_mode: str = "propagate", model: dict | None = None):
+                 slice_axis: int = 2, volume_mode: str = "propagate", model: dict | None = None, preprocessing=None):
         super().__init__()
         if support_image is None or support_label is None:
             raise ValueError("inference needs support_image and support_label (a labelled volume)")
         self.support_image, self.support_label, self.labels = support_image, support_label, labels
         self.max_shots, self.support_slices, self.slice_axis = max_shots, support_slices, slice_axis
-        self.volume_mode = volume_mode
+        self.volume_mode, self.preprocessing = volume_mode, preprocessing
         self.config = ModelConfig.from_keys(**(model or {}))
 
     def __call__(self, inputs, network, timings: dict | None = None, *args, **kwargs):
         method = method_of(network, self.config)
         return segment_files(method, self.support_image, self.support_label, inputs, self.labels, self.max_shots,
-                             self.support_slices, self.slice_axis, self.volume_mode, timings=timings)
+                             self.support_slices, self.slice_axis, self.volume_mode, timings=timings,
+                             transforms=self.preprocessing)

@@ -1,7 +1,8 @@
 """``FewShotSegmenter``: the SD-FSMIS pipeline over stock parts (as diffusers' Marigold pipelines):
 encode support and query, one support pass and one batched query pass, one DDIM step, decode,
 threshold, largest component. It is the network's side of the method interface that the protocol,
-the bundle workflows and the MONAI Label task all call, and it owns the training loss.
+the bundle workflows and the MONAI Label task all call; its ``episode_outputs`` are what the
+training loss (``episode_loss.py``) reads.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .autoencoders import LatentAutoencoder
+from .episode_loss import EpisodeLoss
 from .model_config import ModelConfig
 from .one_step import make_one_step_scheduler, mask_latent_from_output, training_target
 from .postprocess import binarize_scores
@@ -24,12 +25,6 @@ class EmptySupportError(ValueError):
     """A support mask without foreground: there is nothing to segment from."""
 
 
-def soft_dice_loss(probability: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    dims = tuple(range(1, probability.ndim))
-    overlap = (probability * target).sum(dims)
-    return (1 - (2 * overlap + eps) / (probability.sum(dims) + target.sum(dims) + eps)).mean()
-
-
 def _config_key(key: str) -> property:
     """An attribute that reads ``config.<key>`` and, set, replaces the config (validated again)."""
     return property(lambda self: getattr(self.config, key),
@@ -40,8 +35,7 @@ class FewShotSegmenter(nn.Module):
     name = "sdfsmis"
 
     def __init__(self, net: SDFSMISNet, autoencoder: LatentAutoencoder, mask_codec: LatentAutoencoder,
-                 config: ModelConfig | None = None, trained_on: dict | None = None, dice_sharpness: float = 4.0,
-                 query_chunk: int = 64, latent_cache_size: int = 8):
+                 config: ModelConfig | None = None, trained_on: dict | None = None, query_chunk: int = 64, latent_cache_size: int = 8):
         super().__init__()
         self.net = net
         self.autoencoder = autoencoder.requires_grad_(False)
@@ -49,7 +43,6 @@ class FewShotSegmenter(nn.Module):
         self.scheduler = make_one_step_scheduler()
         self.config = config or ModelConfig()
         self.trained_on = trained_on  # what the weights were trained on (experiment.training_record), or None
-        self.dice_sharpness = dice_sharpness
         self.query_chunk = query_chunk
         self.latent_cache = LatentCache(latent_cache_size)
         self.fast_encoder: FrozenEncoder | None = None  # CPU inference's encoder (build_segmenter); None: eager
@@ -57,7 +50,7 @@ class FewShotSegmenter(nn.Module):
     def with_net(self, net: SDFSMISNet) -> "FewShotSegmenter":
         """The same pipeline around other weights (e.g. the EMA of the trained ones)."""
         other = FewShotSegmenter(net, self.autoencoder, self.mask_codec, self.config, self.trained_on,
-                                 self.dice_sharpness, self.query_chunk, self.latent_cache.size)
+                                 self.query_chunk, self.latent_cache.size)
         set_memory_format(net, self.net.memory_format)
         other.fast_encoder = self.fast_encoder
         return other
@@ -132,22 +125,24 @@ class FewShotSegmenter(nn.Module):
         """U-Net output -> mask latent (one DDIM step) -> decoded mask scores (Q, 1, H, W)."""
         return self.mask_codec.decode(mask_latent_from_output(self.scheduler, velocity, query_latent))
 
-    def loss(self, batch: dict) -> dict:
-        """MSE on the velocity (the authors' loss) plus an optional soft Dice on the decoded mask,
-        which counters the under-segmentation plain MSE on {-1,1} targets shows on small organs."""
+    def episode_outputs(self, batch: dict, with_scores: bool = True) -> dict:
+        """What the training loss reads for a batch of episodes: the U-Net's ``velocity``, the
+        ``target`` velocity of the query masks and, ``with_scores``, the decoded mask ``scores``."""
         velocity = self(
             batch["support_latent"], batch["support_mask"], batch["query_latent"],
             shots=batch["shots"], support_image=batch.get("support_image"),
         )
         target = training_target(self.scheduler, self.encode_masks(batch["query_mask"]), batch["query_latent"])
-        mse = F.mse_loss(velocity, target)
-        losses = {"mse": mse, "loss": mse}
-        if self.dice_weight > 0:
-            scores = self.decode_scores(velocity, batch["query_latent"])
-            dice = soft_dice_loss(torch.sigmoid(self.dice_sharpness * scores), batch["query_mask"].to(scores))
-            losses["dice"] = dice
-            losses["loss"] = mse + self.dice_weight * dice
-        return losses
+        outputs = {"velocity": velocity, "target": target}
+        if with_scores:
+            outputs["scores"] = self.decode_scores(velocity, batch["query_latent"])
+        return outputs
+
+    def loss(self, batch: dict, loss_function: EpisodeLoss | None = None) -> dict:
+        """``loss_function`` (default: ``EpisodeLoss`` with this config's ``dice_weight``, as
+        ``train.yaml`` builds it) of a batch of episodes."""
+        loss_function = loss_function or EpisodeLoss(mask_weight=self.dice_weight)
+        return loss_function(self.episode_outputs(batch, loss_function.needs_scores), batch["query_mask"])
 
     # ---- the method interface (protocol, bundle inference, MONAI Label) -------------------------
     @torch.no_grad()
