@@ -30,6 +30,22 @@ def test_the_committed_page_and_readme_headline_are_what_the_generator_writes():
     bundle = rp.render_page(tables, bundle_source.read_text(), append_unnamed=False)
     assert bundle_page.read_text() == bundle, "bundle/docs/README.md is stale: run results-page"
     assert "{{" not in bundle and "## **Performance**" in bundle
+    metadata = rp.METADATA.read_text()
+    assert rp.metadata_with_eval_metrics(metadata, tables) == metadata, "metadata's eval_metrics are stale"
+
+
+def test_eval_metrics_are_the_tables_means_and_leave_out_what_is_incomplete(monkeypatch):
+    draw = _table("draw", {("a", "b"): [_row("net", {"a": {0: 0.8, 1: 0.9}, "b": {0: 0.6, 1: 0.7}}),
+                                        _row("late", None)]}, modes=("draw1", "draw3"))
+    monkeypatch.setattr(rp, "EVAL_METRICS", (("in_volume_1", "draw", "draw1", "all", "net"),
+                                             ("in_volume_3_b", "draw", "draw3", "b", "net"),
+                                             ("unfinished", "draw", "draw1", "all", "late"),
+                                             ("absent_table", "other", "ep1", "all", "net")))
+    metrics = rp.eval_metrics({"draw": draw})
+    assert metrics.pop("note").count("results/accuracy/draw.md, folds 0, 1 of 2") == 1
+    assert metrics == {"in_volume_1": 0.75, "in_volume_3_b": 0.65}
+    text = rp.metadata_with_eval_metrics(json.dumps({"name": "x", "eval_metrics": {"old": 1}}), {"draw": draw})
+    assert json.loads(text)["eval_metrics"]["in_volume_1"] == 0.75 and "old" not in json.loads(text)["eval_metrics"]
 
 
 def _cell(per_fold: dict) -> dict:

@@ -6,7 +6,7 @@
     python -m tools.runner status    [--table NAME ...] [-v]
     python -m tools.runner stop      --table chaost2_s1
     python -m tools.runner aggregate [--table NAME ...]       # also rewrites the results page (below)
-    python -m tools.runner results-page [--check]              # docs/results.md and the README's headline
+    python -m tools.runner results-page [--check]              # docs/results.md, the README's tables, metadata's eval_metrics
 
 Common options: --home (checkpoints, caches, logs; default $SDFSMIS_RUNNER_HOME or ~/.cache/sdfsmis),
 --results (default <repo>/results/accuracy), --shared (data and weights; default $SDFSMIS_SHARED or
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         for table in tables:
             print("\n".join(map(str, write_table(table, ws, args.steps))))
         if ws.results.resolve() == results_page.RESULTS.resolve():  # the page shows the repository's tables only
-            for path in results_page.write_results_page():
+            for path in results_page.write_results_page(metadata=results_page.METADATA):
                 print(path)
         return 0
     if args.command == "results-page":
@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         stale = results_page.write_results_page(
             ws.results, Path(args.source or results_page.SOURCE), Path(args.page or results_page.PAGE),
             Path(args.readme or results_page.README), check=args.check,
-            bundle_page=results_page.BUNDLE_PAGES if defaults else None)
+            bundle_page=results_page.BUNDLE_PAGES if defaults else None,
+            metadata=results_page.METADATA if defaults else None)
         for path in stale:
             print(f"{path} {'differs from what the tables give' if args.check else 'written'}")
         return 1 if args.check and stale else 0

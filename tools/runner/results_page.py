@@ -1,6 +1,7 @@
 """The results page (`docs/results.md`), the README's two result tables (the headline, and the
 in-volume table of the app's main use) and the bundle's own page (`bundle/docs/README.md`, from
-`docs/bundle_readme.src.md`), written from the accuracy tables so that no number is copied by hand.
+`docs/bundle_readme.src.md`) and the bundle's `eval_metrics` (`configs/metadata.json`), written from the
+accuracy tables so that no number is copied by hand.
 
 `aggregate` writes `results/accuracy/<table>.json`; this module reads only those files. The page's
 prose lives in a markdown source (`docs/results.src.md`; a leading `<!--source: ... -->` comment there
@@ -38,7 +39,8 @@ import textwrap
 from pathlib import Path
 
 __all__ = ["HEADLINE_BEGIN", "HEADLINE_END", "IN_VOLUME_BEGIN", "IN_VOLUME_END", "load_tables", "value", "headline",
-           "in_volume_headline", "render_page", "readme_with_headline", "write_results_page", "ResultsPageError"]
+           "in_volume_headline", "render_page", "readme_with_headline", "eval_metrics", "metadata_with_eval_metrics",
+           "write_results_page", "ResultsPageError"]
 
 REPO = Path(__file__).resolve().parents[2]  # tools/runner/results_page.py
 RESULTS = REPO / "results" / "accuracy"
@@ -51,6 +53,19 @@ HEADLINE_END = "<!-- /results:headline -->"
 IN_VOLUME_BEGIN = "<!-- results:in_volume -->"
 IN_VOLUME_END = "<!-- /results:in_volume -->"
 IN_VOLUME_TABLE = "chaost2_s1_draw"
+METADATA = REPO / "bundle" / "configs" / "metadata.json"
+# metadata.json's eval_metrics: the shipped model's recipe (compact + TAEF2, supervoxel episodes,
+# constant lr, final EMA) cross-validated, each key (name, table, mode, organs, row)
+RECIPE_ROW = "SD-FSMIS compact, TAEF2, propagation"
+CURVE_ROW = "compact, 6k steps"
+EVAL_METRICS = (
+    ("chaost2_in_volume_1_slice_mean_dice", IN_VOLUME_TABLE, "draw1", "all", RECIPE_ROW),
+    ("chaost2_in_volume_3_slices_mean_dice", IN_VOLUME_TABLE, "draw3", "all", RECIPE_ROW),
+    ("chaost2_in_volume_3_slices_contour_interpolation_mean_dice", IN_VOLUME_TABLE, "draw3", "all",
+     "contour interpolation (Slicer's fill between slices)"),
+    ("chaost2_ep1_liver_spleen_dice", "chaost2_s1_curve", "ep1", "liver,spleen", CURVE_ROW),
+    ("chaost2_ep1_kidneys_dice", "chaost2_s1_curve", "ep1", "left_kidney,right_kidney", CURVE_ROW),
+)
 MODE_NAMES = {"ep1": "EP1", "in_volume": "in-volume", "no_oracle": "no-oracle"}
 
 # The headline: columns are (header, table, mode, organs); rows name, per table, the row they show.
@@ -161,17 +176,31 @@ def _std(values: list[float]) -> float | None:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def value(tables: dict, table_name: str, mode: str, organs: str, row_spec: str, stat: str = "mean") -> str:
-    """One number of a table, formatted as the page shows it (Dice in %, distances in mm)."""
+def _cell(tables: dict, table_name: str, mode: str, organs: str, row_spec: str) -> tuple[dict | None, list[dict], str | None]:
+    """(the aggregate's cell of one organ or group, or None for `all`; the rows; why it is incomplete)."""
     table = _table(tables, table_name)
     groups, names = _organs(table, organs)
     rows = [_row(table, mode, group, row_spec) for group in groups]
     gap = _incomplete(rows)
+    cell = rows[0]["cells"]["mean" if len(names) > 1 else names[0]] if names is not None and not gap else None
+    return cell, rows, gap
+
+
+def mean_dice(tables: dict, table_name: str, mode: str, organs: str, row_spec: str) -> tuple[float | None, list[int]]:
+    """(mean Dice as a fraction over the folds, the folds) of one row; (None, folds done) while
+    some of its folds have not finished."""
+    cell, rows, gap = _cell(tables, table_name, mode, organs, row_spec)
+    if gap:
+        return None, sorted(int(f) for f in rows[0]["folds_done"])
+    per_fold = cell["per_fold"] if cell is not None else _fold_values(rows, None)
+    return sum(per_fold.values()) / len(per_fold), sorted(int(f) for f in per_fold)
+
+
+def value(tables: dict, table_name: str, mode: str, organs: str, row_spec: str, stat: str = "mean") -> str:
+    """One number of a table, formatted as the page shows it (Dice in %, distances in mm)."""
+    cell, rows, gap = _cell(tables, table_name, mode, organs, row_spec)
     if gap:
         return gap
-    cell = None
-    if names is not None:
-        cell = rows[0]["cells"]["mean" if len(names) > 1 else names[0]]
     if stat == "hd95":
         if cell is None:
             raise ResultsPageError("hd95 is given per organ or label group, not for `all`")
@@ -385,6 +414,34 @@ def render_page(tables: dict, source: str, append_unnamed: bool = True) -> str:
     return page
 
 
+def eval_metrics(tables: dict) -> dict:
+    """metadata.json's ``eval_metrics``: ``EVAL_METRICS`` from the tables (mean Dice over the folds,
+    as a fraction), with a note saying what they measure and over which folds."""
+    metrics, folds_of = {}, {}
+    for key, table_name, mode, organs, row in EVAL_METRICS:
+        if table_name not in tables:
+            continue
+        dice, folds = mean_dice(tables, table_name, mode, organs, row)
+        if dice is not None:
+            metrics[key] = round(dice, 3)
+            folds_of.setdefault(table_name, folds)
+    where = "; ".join(f"results/accuracy/{t}.md, fold{'s' if len(f) > 1 else ''} {', '.join(map(str, f))} of "
+                      f"{tables[t]['n_folds']}" for t, f in folds_of.items())
+    note = ("the recipe of models/model.pt (compact + TAEF2, CHAOST2 supervoxel episodes only, constant learning rate, "
+            "final EMA weights) cross-validated on CHAOST2 (each fold's model: 16 training patients, 6,000 steps; the "
+            "shipped file: 18 patients), tested on the fold's 4 patients, whose organs and images it never saw: 'label "
+            "k slices, get the volume' (whole-volume Dice, four organs, volume_mode propagate, beside Slicer's contour "
+            f"interpolation) and 1-shot EP1 ({where}); written by `python -m tools.runner results-page`")
+    return {"note": note, **metrics}
+
+
+def metadata_with_eval_metrics(metadata: str, tables: dict) -> str:
+    """The bundle's metadata.json text with ``eval_metrics`` written from the tables (4-space JSON)."""
+    data = json.loads(metadata)
+    data["eval_metrics"] = eval_metrics(tables)
+    return json.dumps(data, indent=4, ensure_ascii=False) + "\n"
+
+
 def readme_with_headline(readme: str, tables: dict) -> str:
     """The README with its generated blocks (between their markers) rewritten: the headline, and
     the in-volume table where the README has its markers."""
@@ -400,16 +457,20 @@ def readme_with_headline(readme: str, tables: dict) -> str:
 
 
 def write_results_page(results: Path = RESULTS, source: Path = SOURCE, page: Path = PAGE, readme: Path | None = README,
-                       check: bool = False, bundle_page: tuple[Path, Path] | None = BUNDLE_PAGES) -> list[Path]:
-    """Write the page, the README's blocks and the bundle's own page (``bundle_page``: its source
-    and the page; only the tables it names); with ``check``, write nothing and return the files
-    that differ from what would be written."""
+                       check: bool = False, bundle_page: tuple[Path, Path] | None = BUNDLE_PAGES,
+                       metadata: Path | None = None) -> list[Path]:
+    """Write the page, the README's blocks, the bundle's own page (``bundle_page``: its source
+    and the page; only the tables it names) and, given ``metadata`` (``METADATA``), its
+    ``eval_metrics``; with ``check``,
+    write nothing and return the files that differ from what would be written."""
     tables = load_tables(results)
     outputs = {Path(page): render_page(tables, Path(source).read_text())}
     if readme is not None:
         outputs[Path(readme)] = readme_with_headline(Path(readme).read_text(), tables)
     if bundle_page is not None:
         outputs[Path(bundle_page[1])] = render_page(tables, Path(bundle_page[0]).read_text(), append_unnamed=False)
+    if metadata is not None:
+        outputs[Path(metadata)] = metadata_with_eval_metrics(Path(metadata).read_text(), tables)
     stale = [p for p, text in outputs.items() if not p.is_file() or p.read_text() != text]
     if not check:
         for path in stale:
