@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from scripts.baselines.contour_interpolation import ContourInterpolation
 from scripts.engine.inferer import SupportError, segment_volume
-from scripts.engine.propagation import StopRule, _supports, propagate_organ, smooth_along_z
+from scripts.engine.propagation import StopRule, _supports, clear_memo, propagate_organ, propagate_organs, smooth_along_z
 from scripts.network.presets import build_segmenter
 from scripts.protocol.matching import DRAW_MODES, drawn_slices
 
@@ -244,3 +244,28 @@ def test_contour_interpolation_fills_between_drawn_slices_only():
     assert ContourInterpolation().segment_drawn(single, single, 3).sum(axis=(1, 2)).nonzero()[0].tolist() == [9]
     with pytest.raises(ValueError, match="drawn on no slice"):
         ContourInterpolation().segment_drawn(drawn, drawn, 5)
+
+
+def test_organs_walked_in_step_get_what_each_gets_alone_in_shared_calls():
+    """Two organs of one volume walk in step: each comes out as when walked alone, while the method
+    is called about as often as for the longer organ alone (both organs' slices in one batch)."""
+    image, label = drifting_organ()
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    second = np.zeros_like(label)
+    for z in range(8, 15):  # a shorter, still disc lower down: another organ
+        disc = (yy - 48) ** 2 + (xx - 20) ** 2 < 36
+        image[z][disc], second[z][disc] = 0.9, 1
+    organs = [{12: label[12] == 1}, {11: second[11] == 1}]
+    alone, calls_alone = [], []
+    for drawn in organs:
+        method = LocalTracker(DRIFT)
+        alone.append(propagate_organ(method, image, drawn))
+        calls_alone.append(method.calls)
+    method = LocalTracker(DRIFT)
+    together = propagate_organs(method, image, organs)
+    for (scores, masks), (alone_scores, alone_masks) in zip(together, alone):
+        np.testing.assert_array_equal(masks, alone_masks)
+        np.testing.assert_array_equal(scores, alone_scores)
+    assert dice(together[1][1], second == 1) == pytest.approx(1.0)
+    assert method.calls == max(calls_alone) < sum(calls_alone)
+    clear_memo()

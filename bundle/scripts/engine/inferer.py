@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from scripts.data.volumes import present_values
-from scripts.engine.propagation import propagate_organ, threshold_keywords
+from scripts.engine.propagation import propagate_organs, threshold_keywords
 from scripts.network.model_config import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -148,16 +148,15 @@ def _propagated(method, label: np.ndarray, image: np.ndarray, labels: dict[str, 
     # encoded as the walks reach them: the slices an organ never reaches are never encoded
     latents = method.latents_of(image) if hasattr(method, "latents_of") else None
     result = Segmentation(label=np.zeros(image.shape, np.int32), labels=dict(labels))
-    scores, masks = [], []
+    organs = []
     for name, value in labels.items():
         drawn_z = labelled_slices(label, value)
-        organ_scores, organ_masks = propagate_organ(
-            method, image, {int(z): label[z] == value for z in drawn_z}, max_shots, latents, **own_threshold)
-        scores.append(organ_scores)
-        masks.append(organ_masks)
+        organs.append({int(z): label[z] == value for z in drawn_z})
         result.shots_per_label[name] = int(min(max_shots, len(drawn_z) + 1))
         result.support_slices[name] = [int(z) for z in drawn_z]
-    result.label = keep_drawn(merge_organs(np.stack(scores), np.stack(masks), list(labels.values())), label, labels)
+    walked = propagate_organs(method, image, organs, max_shots, latents, **own_threshold)  # walks in step
+    scores, masks = (np.stack(parts) for parts in zip(*walked))
+    result.label = keep_drawn(merge_organs(scores, masks, list(labels.values())), label, labels)
     return result
 
 
