@@ -8,6 +8,10 @@ drawn on its middle slice:
 - in-volume: A is the query (the organ propagated from the drawn slice);
 - cross-patient: sample patient B is the query, from A's drawn slice.
 
+Each case runs twice per repeat, interleaved: as configured (after), and with ``--finalize "[]"``
+(before: the interpreter's exit then runs its last garbage collection over every object, which
+``inference.yaml``'s ``finalize`` spares a command-line run). The split is of the after runs.
+
     .venv/bin/python bench/bench_bundle_inference.py [--repeats 2] [--pause-pid <pid>] [--out bench/results]
 """
 
@@ -49,10 +53,10 @@ def drawn_liver(out: Path) -> Path:
     return out
 
 
-def run_once(support_label: Path, query: Path, output_dir: Path) -> dict:
+def run_once(support_label: Path, query: Path, output_dir: Path, extra: tuple[str, ...] = ()) -> dict:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml",
            "--support_image", str(SAMPLE / "image_15.nii.gz"), "--support_label", str(support_label),
-           "--query_images", f"['{query}']", "--output_dir", str(output_dir), "--log_level", "DEBUG"]
+           "--query_images", f"['{query}']", "--output_dir", str(output_dir), "--log_level", "DEBUG", *extra]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO / "bundle", capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -79,19 +83,24 @@ def main(argv=None) -> str:
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = parser.parse_args(argv)
     load = os.getloadavg()[0]
-    runs: dict[str, list[dict]] = {"in-volume (A from its own slice)": [], "cross-patient (B from A's slice)": []}
+    cases = ("in-volume (A from its own slice)", "cross-patient (B from A's slice)")
+    runs: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_bundle_") as tmp, paused(pids_from(args.pause_pid)):
         label = drawn_liver(Path(tmp) / "drawn_15.nii.gz")
-        queries = dict(zip(runs, (SAMPLE / "image_15.nii.gz", SAMPLE / "image_39.nii.gz")))
+        queries = dict(zip(cases, (SAMPLE / "image_15.nii.gz", SAMPLE / "image_39.nii.gz")))
         for _ in range(args.repeats):
             for case, query in queries.items():
-                runs[case].append(run_once(label, query, Path(tmp) / "out"))
-    rows = ["| query | wall (s) | " + " | ".join(PARTS) + " | slices encoded |",
-            "|---|---|" + "---|" * len(PARTS) + "---|"]
-    for case, found in runs.items():
-        best = min(found, key=lambda r: r["wall"])
-        rows.append(f"| {case} | **{best['wall']:.1f}** (median {statistics.median(r['wall'] for r in found):.1f}) | "
-                    + " | ".join(f"{best[p]:.1f}" for p in PARTS) + f" | {int(best['slices'])} |")
+                for when, extra in (("before", ("--finalize", "[]")), ("after", ())):
+                    runs.setdefault((case, when), []).append(run_once(label, query, Path(tmp) / "out", extra))
+    rows = ["| query | wall before (s) | wall after (s) | " + " | ".join(PARTS) + " | slices encoded |",
+            "|---|---|---|" + "---|" * len(PARTS) + "---|"]
+    for case in cases:
+        before, after = runs[(case, "before")], runs[(case, "after")]
+        best = min(after, key=lambda r: r["wall"])
+        walls = [f"{min(r['wall'] for r in found):.1f} (median {statistics.median(r['wall'] for r in found):.1f})"
+                 for found in (before, after)]
+        rows.append(f"| {case} | {walls[0]} | **{walls[1]}** | " + " | ".join(f"{best[p]:.1f}" for p in PARTS)
+                    + f" | {int(best['slices'])} |")
     today = datetime.date.today().isoformat()
     text = "\n".join([
         f"# The bundle's `run inference` on one query ({today})",
@@ -100,8 +109,9 @@ def main(argv=None) -> str:
         "process, the shipped model (models/model.pt, compact, TAEF2) on the CPU, sample patient A's liver drawn on "
         f"its middle slice (31 slices of 256x256); {platform.machine()}, {len(os.sched_getaffinity(0))} cores, load "
         f"average {load:.1f} at the start{', other work paused while measuring' if args.pause_pid else ''}. "
-        "The fastest run's split (seconds, from the workflow's DEBUG log; start-up is Python, the imports "
-        "(`import monai` alone is most of it) and parsing the config), the median wall time beside it.",
+        "Wall time: the fastest run, the median beside it; before: `--finalize \"[]\"` (the exit's last garbage "
+        "collection runs), after: as configured. The fastest after run's split (seconds, from the workflow's DEBUG "
+        "log; start-up is Python, the imports (`import monai` alone is most of it) and parsing the config).",
         "",
         *rows,
         "",

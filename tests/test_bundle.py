@@ -283,3 +283,23 @@ def test_inference_preprocessing_and_postprocessing_are_the_configs(trained, pha
     assert workflow.evaluator.state.output["slices"] == [12, 128, 128]
     written = nib.load(tmp_path / "image_2_mask.nii.gz")
     assert written.shape == nib.load(query).shape and not list(tmp_path.glob("*_seg.nii.gz"))
+
+
+def test_finalize_spares_only_a_command_line_run_the_exits_last_collection(tmp_path):
+    """inference.yaml's finalize freezes the garbage collector's objects in `python -m monai.bundle`
+    (which exits next), and does nothing in a process that goes on (this one)."""
+    import gc
+
+    from scripts.engine.inference import exit_without_last_collection
+
+    exit_without_last_collection()
+    assert gc.get_freeze_count() == 0
+    config = tmp_path / "probe.yaml"
+    config.write_text("imports: ['$import gc', '$import scripts', '$import scripts.engine.inference']\n"
+                      "run: ['$scripts.engine.inference.exit_without_last_collection()',\n"
+                      "      \"$print('frozen objects', gc.get_freeze_count())\"]\n")
+    done = subprocess.run([PY, "-m", "monai.bundle", "run", "--config_file", str(config)], cwd=BUNDLE,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    frozen = int(done.stdout.split("frozen objects")[1].split()[0])
+    assert frozen > 100_000  # torch, MONAI and the rest, out of the last collection's way

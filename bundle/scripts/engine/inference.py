@@ -29,6 +29,21 @@ def seconds_since_start() -> float | None:
         return None
 
 
+def exit_without_last_collection() -> None:
+    """``inference.yaml``'s ``finalize``: where this process is ``python -m monai.bundle``, which exits
+    right after, every object is moved out of the garbage collector's reach (``gc.freeze``), so the
+    interpreter's exit skips its last collection over torch, MONAI and the model (about 1 s of a
+    2-core run: ``bench/bench_bundle_inference.py``). In any other process (a notebook, a test)
+    it does nothing."""
+    import gc
+    import sys
+
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name in ("monai.bundle", "monai.bundle.__main__"):
+        gc.freeze()
+
+
 def label_writer(output_dir, postfix: str = "seg"):
     """What ``inference.yaml``'s ``postprocessing`` spells: MONAI's ``SaveImage`` writing a label
     already on the query file's grid, as int16 NIfTI with the query's affine."""
