@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
     config["label_source"] = "both"  # volumes are loaded once, with supervoxels, for both kinds of episode
     config["steps"] = max(1, args.episodes // int(config["batch_size"]))
     segmenter = _load_weights(config.get_parsed_content("segmenter"), args.checkpoint, args.weights)
-    episodes = config.get_parsed_content("train#dataset", instantiate=False)  # built below, once per source
-    iteration = EpisodeIteration(config.get_parsed_content("latent_cache"))  # no augmentation
+    config.get_parsed_content("train_volumes")  # loaded once through `preprocessing`, kept for the next two
+    episodes = config.get_parsed_content("train#dataset", instantiate=False, reset=False)  # built once per source below
+    iteration = EpisodeIteration(config.get_parsed_content("latent_cache", reset=False))  # no augmentation
     batch_size = int(config["batch_size"])
     results = {}
     for source in ("gt", "supervoxel"):
