@@ -145,7 +145,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table(
         name="chaost2_s1_draw",
         title="CHAOST2: label k slices, get the volume (in-volume), models that never saw the organ or patient",
-        dataset="chaost2", dataset_dir="CHAOST2", groups=ABDOMEN_GROUPS, folds=(0, 1, 2, 3),
+        dataset="chaost2", dataset_dir="CHAOST2", groups=ABDOMEN_GROUPS, folds=FIVE_FOLDS,
         modes=tuple(DRAW_MODES),
         # the curve's supervoxel-trained fold models (6,000 steps): no organ label trained, every organ tested
         defaults=dict(SUPERVOXEL_RECIPE, steps=6000, **DRAW_READING),
