@@ -9,7 +9,8 @@ from scipy import ndimage
 
 from scripts.baselines.contour_interpolation import ContourInterpolation
 from scripts.engine.inferer import SupportError, segment_volume
-from scripts.engine.propagation import StopRule, _supports, clear_memo, propagate_organ, propagate_organs, smooth_along_z
+from scripts.engine.propagation import (StopRule, _supports, clear_memo, propagate_organ, propagate_organs,
+                                        smooth_along_z)
 from scripts.network.presets import build_segmenter
 from scripts.protocol.matching import DRAW_MODES, drawn_slices
 

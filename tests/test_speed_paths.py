@@ -391,7 +391,8 @@ def test_authors_style_step_equals_batched_step():
         segmenter = copy.deepcopy(base)
         engine = SimpleNamespace(state=SimpleNamespace(device=torch.device("cpu")),
                                  network=EpisodeObjective(segmenter), inferer=SimpleInferer(),
-                                 loss_function=EpisodeLoss(), optimizer=torch.optim.AdamW(segmenter.net.parameters(), lr=1e-3))
+                                 loss_function=EpisodeLoss(),
+                                 optimizer=torch.optim.AdamW(segmenter.net.parameters(), lr=1e-3))
         iteration = EpisodeIteration(SliceTable(latents), augment=None, ema=None, grad_clip=1.0)
         out = authors_training_step(iteration, engine, batch) if authors else iteration(engine, batch)
         updated.append((out["loss"], torch.cat([p.detach().flatten() for p in segmenter.net.parameters()])))

@@ -6,7 +6,7 @@
     python -m tools.runner status    [--table NAME ...] [-v]
     python -m tools.runner stop      --table chaost2_s1
     python -m tools.runner aggregate [--table NAME ...]       # also rewrites the results page (below)
-    python -m tools.runner results-page [--check]              # docs/results.md, the README's tables, metadata's eval_metrics
+    python -m tools.runner results-page [--check]              # docs/results.md, README tables, eval_metrics
 
 Common options: --home (checkpoints, caches, logs; default $SDFSMIS_RUNNER_HOME or ~/.cache/sdfsmis),
 --results (default <repo>/results/accuracy), --shared (data and weights; default $SDFSMIS_SHARED or

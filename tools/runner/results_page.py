@@ -176,7 +176,8 @@ def _std(values: list[float]) -> float | None:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def _cell(tables: dict, table_name: str, mode: str, organs: str, row_spec: str) -> tuple[dict | None, list[dict], str | None]:
+def _cell(tables: dict, table_name: str, mode: str, organs: str,
+          row_spec: str) -> tuple[dict | None, list[dict], str | None]:
     """(the aggregate's cell of one organ or group, or None for `all`; the rows; why it is incomplete)."""
     table = _table(tables, table_name)
     groups, names = _organs(table, organs)

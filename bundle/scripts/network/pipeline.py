@@ -35,7 +35,8 @@ class FewShotSegmenter(nn.Module):
     name = "sdfsmis"
 
     def __init__(self, net: SDFSMISNet, autoencoder: LatentAutoencoder, mask_codec: LatentAutoencoder,
-                 config: ModelConfig | None = None, trained_on: dict | None = None, query_chunk: int = 64, latent_cache_size: int = 8):
+                 config: ModelConfig | None = None, trained_on: dict | None = None, query_chunk: int = 64,
+                 latent_cache_size: int = 8):
         super().__init__()
         self.net = net
         self.autoencoder = autoencoder.requires_grad_(False)
