@@ -187,14 +187,22 @@ def _cell(tables: dict, table_name: str, mode: str, organs: str,
     return cell, rows, gap
 
 
-def mean_dice(tables: dict, table_name: str, mode: str, organs: str, row_spec: str) -> tuple[float | None, list[int]]:
-    """(mean Dice as a fraction over the folds, the folds) of one row; (None, folds done) while
-    some of its folds have not finished."""
+def _fold_stats(cell: dict | None, rows: list[dict]) -> tuple[dict[str, float], float, float | None]:
+    """(Dice per fold, their mean, their std) of a complete cell, or of `all` (``cell`` None)."""
+    if cell is not None:  # the aggregate's own numbers (the tables' std is of the per-fold means)
+        return cell["per_fold"], cell["dice_mean"], cell["dice_std"]
+    per_fold = _fold_values(rows, None)
+    return per_fold, sum(per_fold.values()) / len(per_fold), _std(list(per_fold.values()))
+
+
+def mean_dice(tables: dict, table_name: str, mode: str, organs: str, row_spec: str) -> tuple[float, list[int]] | None:
+    """(mean Dice as a fraction over the folds, the folds) of one row, as the page shows it; None
+    while some of its folds have not finished."""
     cell, rows, gap = _cell(tables, table_name, mode, organs, row_spec)
     if gap:
-        return None, sorted(int(f) for f in rows[0]["folds_done"])
-    per_fold = cell["per_fold"] if cell is not None else _fold_values(rows, None)
-    return sum(per_fold.values()) / len(per_fold), sorted(int(f) for f in per_fold)
+        return None
+    per_fold, mean, _ = _fold_stats(cell, rows)
+    return mean, sorted(int(f) for f in per_fold)
 
 
 def value(tables: dict, table_name: str, mode: str, organs: str, row_spec: str, stat: str = "mean") -> str:
@@ -210,11 +218,7 @@ def value(tables: dict, table_name: str, mode: str, organs: str, row_spec: str, 
         if cell is None:
             raise ResultsPageError("pooled Dice is given per organ or label group, not for `all`")
         return _pct(cell["dice_pooled"])
-    if cell is not None:  # the aggregate's own numbers (the tables' std is of the per-fold means)
-        per_fold, mean, std = cell["per_fold"], cell["dice_mean"], cell["dice_std"]
-    else:
-        per_fold = _fold_values(rows, None)
-        mean, std = sum(per_fold.values()) / len(per_fold), _std(list(per_fold.values()))
+    per_fold, mean, std = _fold_stats(cell, rows)
     if stat == "mean":
         return _pct(mean)
     if stat == "std":
@@ -422,10 +426,10 @@ def eval_metrics(tables: dict) -> dict:
     for key, table_name, mode, organs, row in EVAL_METRICS:
         if table_name not in tables:
             continue
-        dice, folds = mean_dice(tables, table_name, mode, organs, row)
-        if dice is not None:
-            metrics[key] = round(dice, 3)
-            folds_of.setdefault(table_name, folds)
+        found = mean_dice(tables, table_name, mode, organs, row)
+        if found is not None:
+            metrics[key] = round(found[0], 3)
+            folds_of.setdefault(table_name, found[1])
     where = "; ".join(f"results/accuracy/{t}.md, fold{'s' if len(f) > 1 else ''} {', '.join(map(str, f))} of "
                       f"{tables[t]['n_folds']}" for t, f in folds_of.items())
     note = ("the recipe of models/model.pt (compact + TAEF2, CHAOST2 supervoxel episodes only, constant learning rate, "
@@ -462,8 +466,8 @@ def write_results_page(results: Path = RESULTS, source: Path = SOURCE, page: Pat
                        metadata: Path | None = None) -> list[Path]:
     """Write the page, the README's blocks, the bundle's own page (``bundle_page``: its source
     and the page; only the tables it names) and, given ``metadata`` (``METADATA``), its
-    ``eval_metrics``; with ``check``,
-    write nothing and return the files that differ from what would be written."""
+    ``eval_metrics``; with ``check``, write nothing and return the files that differ from what
+    would be written."""
     tables = load_tables(results)
     outputs = {Path(page): render_page(tables, Path(source).read_text())}
     if readme is not None:
