@@ -274,6 +274,15 @@ def test_inference_preprocessing_and_postprocessing_are_the_configs(trained, pha
     assert small.image.shape[1:] == (96, 96) and small.image.min() == 0.0
     np.testing.assert_array_equal(to_original_grid(small.label, small), np.asarray(nib.load(label).dataobj))
 
+    trainer = ConfigParser()  # train.yaml spells the same list, with the supervoxels read as labels
+    trainer.read_config(TRAIN)
+    trainer.update({"bundle_root": str(BUNDLE), "dataset": "phantom"})
+    supervoxels = phantom_dir / "supervoxels" / "superpix-MIDDLE_1.nii.gz"
+    spelled = load_volume(image, label, supervoxels, transforms=trainer.get_parsed_content("preprocessing"))
+    default = load_volume(image, label, supervoxels, transforms=default_transforms(2, 256))
+    for key in ("image", "label", "supervoxels"):
+        np.testing.assert_array_equal(getattr(spelled, key), getattr(default, key))
+
     out, _ = trained
     query = phantom_dir / "image_2.nii.gz"
     workflow, _ = run_workflow(INFERENCE, "inference", bundle_root=str(BUNDLE), checkpoint=str(out / "model.pt"),
