@@ -347,8 +347,7 @@ def _to_volume(pid: str, tensors: dict[str, MetaTensor], names: dict[str, str], 
         original_affine=np.asarray(image.affine, dtype=float),
         slice_space_affine=np.asarray(out.affine, dtype=float),
         slice_axis=slice_axis,
-        axcodes=axcodes,
-        geometry=geometry,  # replays the recorded ops backwards (to_original_grid)
+        geometry=geometry,  # its orientation (axcodes) and resize, replayed backwards by to_original_grid
         inverse_ops=ops,
     )
     label = supervoxels = None
