@@ -97,7 +97,7 @@ accuracy: setup
 
 # The checkpoint the bundle ships (bundle/models/README.md): the compact U-Net trained on CHAOST2's
 # supervoxels (no organ label), every patient but the two embedded sample patients (the demo scores
-# those), 4,000 steps at a constant learning rate, in one resumable run, then exported (fp16) to
+# those), 8,000 steps at a constant learning rate, in one resumable run, then exported (fp16) to
 # bundle/models/model.pt. The recipe of the fold models of the in-volume table (chaost2_s1_draw)
 # and the learning curve (chaost2_s1_curve), with every patient but the sample.
 #   make shipped-model [SHARED=../shared] [CACHE_DIR=<latent cache>]
@@ -109,7 +109,7 @@ shipped-model: setup
 		--dataset chaost2 --dataset_dir $(SHARED)/data/CHAOST2 --exclude_patients "$(SAMPLE_PATIENTS)" \
 		--autoencoder taef2 --autoencoder_path $(SHARED)/weights/taef2 \
 		--setting 1 --test_labels "[]" --fold null --label_source supervoxel --lr_schedule constant \
-		--steps 4000 --val_interval 20 --run_name $(SHIPPED_RUN) \
+		--steps 8000 --val_interval 20 --run_name $(SHIPPED_RUN) \
 		$(if $(CACHE_DIR),--cache_dir $(CACHE_DIR),)
 	cd bundle && $(PY) -m scripts.network.export runs/$(SHIPPED_RUN)/model.pt models/model.pt \
 		--autoencoder_path models/taef2

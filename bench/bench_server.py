@@ -1,11 +1,13 @@
 """The MONAI Label server as a reading room uses it, before and after the work queue (issue #40).
 
-One run starts the real server twice on 127.0.0.1 with the shipped model (``bundle/models/model.pt``,
-TAEF2), each time on a fresh datastore of the two sample patients (``bundle/sample/chaost2``,
+One run starts the real server three times on 127.0.0.1 with the shipped model
+(``bundle/models/model.pt``, TAEF2), each time on a fresh datastore of the two sample patients (``bundle/sample/chaost2``,
 stacked to ``--depth`` slices of 256x256 by repeating their end slices):
 
 - ``before``: ``--conf queue_size 0 --conf warm_up false``: MONAI Label's own ``/infer`` endpoint,
   which runs each inference on the server's event loop, and nothing done ahead of a call;
+- ``after, warm-up chunk 8``: the queue with the warm-up's former chunk (``--conf warm_up_chunk 8``):
+  a call that comes in while an image is being encoded waits for up to 8 slices;
 - ``after``: the app's defaults (``lib/work_queue.py``, ``lib/infer_route.py``, ``lib/warmup.py``).
 
 On each, one labeller's flow, then a crowd:
@@ -52,7 +54,9 @@ from result_file import publish  # noqa: E402  (bench/, the script's own folder)
 
 SAMPLE = REPO / "bundle" / "sample" / "chaost2"
 ORGANS = {"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4}
-MODES = {"before": {"queue_size": "0", "warm_up": "false"}, "after": {}}
+# before the queue; the queue with the warm-up's former chunk of 8 slices; the app's defaults
+MODES = {"before": {"queue_size": "0", "warm_up": "false"}, "after, warm-up chunk 8": {"warm_up_chunk": "8"},
+         "after": {}}
 
 
 def write_patient(pid: int, depth: int, studies: Path, labels: Path) -> np.ndarray:
@@ -218,31 +222,32 @@ def table(results: dict, calls: int) -> list[str]:
         value = results[mode].get(key)
         return "-" if value is None else f"{value:.2f}"
 
-    rows = ["| | before | after |", "|---|---|---|"]
+    modes = list(results)
+    rows = ["| | " + " | ".join(modes) + " |", "|---" * (len(modes) + 1) + "|"]
     for key in ("ready_s", "first call", "repeated call", "call after a correction", "four organs, one slice each",
                 "one organ, after the four", "patient B from A's slices"):
         label = "server start to first /info/" if key == "ready_s" else key
-        rows.append(f"| {label} (s) | {cell('before', key)} | {cell('after', key)} |")
+        rows.append(f"| {label} (s) | " + " | ".join(cell(mode, key) for mode in modes) + " |")
     for mode in results:
         four, one = results[mode]["four organs, one slice each"], results[mode]["one organ, after the four"]
         results[mode]["four / one"] = four / one
-    rows.append(f"| four organs / one organ | {cell('before', 'four / one')} | {cell('after', 'four / one')} |")
+    rows.append("| four organs / one organ | " + " | ".join(cell(mode, "four / one") for mode in modes) + " |")
     for what in ("info", "datastore", "label save"):
         row = []
-        for mode in ("before", "after"):
+        for mode in modes:
             seen = results[mode]["crowd"]["answers"][what]
             row.append(f"{max(seen):.2f} max, {statistics.median(seen):.2f} median ({len(seen)} answered)" if seen
                        else "none answered while the calls ran")
-        rows.append(f"| `{what}` during {calls} calls (s) | {row[0]} | {row[1]} |")
+        rows.append(f"| `{what}` during {calls} calls (s) | " + " | ".join(row) + " |")
     for mode in results:
         crowd_ = results[mode]["crowd"]
         ok = sum(s == 200 for s in crowd_["statuses"])
         results[mode]["crowd summary"] = (f"{ok}/{len(crowd_['statuses'])} answered 200 in {crowd_['wall_s']:.1f}s, "
                                           f"slowest {max(crowd_['call_s']):.1f}s, "
                                           f"{'in arrival order' if crowd_['in_order'] else 'NOT in arrival order'}")
-    rows.append(f"| {calls} concurrent calls | {results['before']['crowd summary']} | {results['after']['crowd summary']} |")
+    rows.append(f"| {calls} concurrent calls | " + " | ".join(results[mode]["crowd summary"] for mode in modes) + " |")
     for key in ("memory before the crowd (GiB)", "memory after the crowd (GiB)", "peak memory (GiB)"):
-        rows.append(f"| {key} | {cell('before', key)} | {cell('after', key)} |")
+        rows.append(f"| {key} | " + " | ".join(cell(mode, key) for mode in modes) + " |")
     return rows
 
 
@@ -270,8 +275,10 @@ def main(argv=None) -> str:
         f"{len(os.sched_getaffinity(0))} cores, load average {load:.1f} at the start"
         f"{', other work paused while measuring' if args.pause_pid else ''}. Before: MONAI Label's own `/infer` "
         "endpoint (`--conf queue_size 0 --conf warm_up false`); after: the app's defaults (a queue of 32 calls, "
-        f"warm-up). Each call is timed at the client; a labeller takes {args.draw_s:g} s to draw a slice. "
-        "Both columns encode only the slices a walk reaches on a cold call (`bench/bench_propagation.py` "
+        "warm-up encoding its default `warm_up_chunk` of slices between two looks for a call); `after, warm-up chunk "
+        "8`: the same with the warm-up's former 8 slices. Each call is timed at the client; a labeller takes "
+        f"{args.draw_s:g} s to draw a slice. "
+        "Every column encodes only the slices a walk reaches on a cold call (`bench/bench_propagation.py` "
         "measures that lever alone).",
         "",
         *table(results, args.concurrent),

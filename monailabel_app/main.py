@@ -72,7 +72,8 @@ class FewShotApp(MONAILabelApp):
             self.work = WorkQueue(self.fewshot.queue_size)
             serve_inference_through(self.work)
         if self.work is not None and self.fewshot.warm_up:  # the model loads and images encode before a call
-            warmup = Warmup(self.work, self.fewshot.model, self.fewshot.device, self.fewshot.slice_axis)
+            warmup = Warmup(self.work, self.fewshot.model, self.fewshot.device, self.fewshot.slice_axis,
+                            chunk=self.fewshot.warm_up_chunk)
             warmup.load_model()
             store = self.datastore()
             if isinstance(store, CheckedDatastore):

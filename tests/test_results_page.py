@@ -159,6 +159,16 @@ def test_write_and_check(tmp_path, tables):
         rp.write_results_page(results, source, page, readme, bundle_page=None)
 
 
+def test_a_headline_row_may_come_from_a_table_of_its_own(tables, monkeypatch):
+    monkeypatch.setattr(rp, "HEADLINE_COLUMNS", [("T1 EP1", "t1", "ep1", "all"), ("T2 EP1", "t2", "ep1", "all")])
+    monkeypatch.setattr(rp, "HEADLINE_ROWS", [("own recipe", {"t1": ("t2", "net")}), ("plain", {"t1": "base"})])
+    text = rp.headline(tables)
+    own, plain = (line for line in text.splitlines() if line.startswith(("| own", "| plain")))
+    # the redirected row shows t2's "net" in t1's column, and nothing where it names no row
+    assert own == f"| own recipe | {rp.value(tables, 't2', 'ep1', 'all', 'net', 'pm')} | - |" == "| own recipe | 50.0 ± 35.4 | - |"
+    assert plain == f"| plain | {rp.value(tables, 't1', 'ep1', 'all', 'base', 'pm')} | - |"
+
+
 def test_the_in_volume_table_reads_the_draw_table_or_says_it_is_missing():
     assert "no results yet" in rp.in_volume_headline({})
     tables = rp.load_tables(REPO / "results" / "accuracy")

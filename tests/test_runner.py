@@ -191,6 +191,26 @@ def test_the_learning_curve_and_draw_tables_share_one_training_per_width():
     assert "--steps" not in command and "--setting" not in command
 
 
+def test_the_five_fold_supervoxel_table_reads_the_draw_tables_models_and_ablates_self_support():
+    """#43: the curve's budget on five folds is the draw table's fold models read the field's way;
+    its self-support row evaluates the same weights with the second reading, and says so."""
+    ws = Workspace()
+    table = expand(TABLES["chaost2_s1_supervoxel"])
+    draw = {j.train_key for j in expand(TABLES["chaost2_s1_draw"]) if j.trains}
+    assert {j.train_key for j in table} == draw and {j.fold for j in table} == set(range(5))
+    assert {tuple(j.modes) for j in table} == {("ep1", "in_volume", "no_oracle")}
+    plain = [j for j in table if not j.self_support and j.component_3d == "support"]
+    second = [j for j in table if j.self_support]
+    assert len(plain) == len(second) == 2 * 5 and all("-supportcc-selfsup_" in j.name for j in second)
+    assert {j.name.replace("-selfsup", "") for j in second} == {j.name for j in plain}
+    assert {j.component_3d for j in second} == {"support"}  # what ships, so the two readings compare alone
+    assert _value(evaluate_command(second[0], ws), "self_support") == "True"
+    assert "--self_support" not in evaluate_command(plain[0], ws)  # older results stay those of the plain reading
+    assert plain[0].config()["self_support"] is None
+    with pytest.raises(ValueError, match="self_support is a reading of the network"):
+        expand(small_table(rows=({"method": "registration", "self_support": True},)))
+
+
 def test_training_keys_leave_out_patients_and_keep_the_rate():
     from types import SimpleNamespace
 

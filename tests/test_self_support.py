@@ -60,3 +60,43 @@ def test_the_evaluator_reads_twice_on_request(tmp_path):
         build_method("sdfsmis", checkpoint, self_support="yes please")
     with pytest.raises(ValueError, match="baseline"):
         build_method("registration", self_support=True)
+
+
+class _Recorder:
+    """A latent-reading method whose scores are the first support's mask, recording each call's shots."""
+
+    def __init__(self, self_support: bool):
+        from scripts.network.model_config import ModelConfig
+
+        self.config = ModelConfig(preset="tiny", self_support=self_support)
+        self.shots: list[int] = []
+
+    def encode_images_cached(self, images):
+        return torch.zeros(len(images), 1, 4, 4)
+
+    def predict_scores(self, support_images, support_masks, query_images, query_episode, **_):
+        self.shots.append(support_masks.shape[1])
+        return np.where(support_masks[np.asarray(query_episode), 0] > 0, 1.0, -1.0).astype(np.float32)
+
+    def binarize(self, scores, support_masks=None, threshold=None, threshold_mode=None):
+        return np.asarray(scores) > (0.0 if threshold is None else threshold)
+
+
+def test_the_seam_reads_another_volumes_support_twice_as_the_model_says_and_in_volume_once():
+    from scripts.engine.inferer import segment_volume
+
+    image = np.zeros((6, 32, 32), np.float32)
+    label = np.zeros((6, 32, 32), np.int32)
+    label[2:4, 8:24, 8:24] = 1
+    twice, once = _Recorder(self_support=True), _Recorder(self_support=False)
+    across = segment_volume(twice, image, label, image.copy())
+    # one pass of the drawn shots, then one with the query slice and its first answer added
+    assert twice.shots == [2, 3]
+    assert segment_volume(once, image, label, image.copy()).label.tolist() == across.label.tolist()
+    assert once.shots == [2]
+    # the query's own label, propagated or from the nearest drawn slices: read once, as without the key
+    for mode in ("propagate", "nearest"):
+        within, plain = _Recorder(self_support=True), _Recorder(self_support=False)
+        for method in (within, plain):
+            segment_volume(method, image, label, image, same_volume=True, mode=mode)
+        assert within.shots and within.shots == plain.shots

@@ -130,8 +130,9 @@ def training_note(trained_on: dict | None) -> str:
 
 
 def run_demo(out_dir=DEFAULT_OUT, sample_dir=DEFAULT_SAMPLE, checkpoint=DEFAULT_CHECKPOINT,
-             device: str = "cpu", png: bool = True) -> DemoResult:
-    """The whole job: draw on A, segment A in-volume and B cross-patient, score, write the files."""
+             device: str = "cpu", png: bool = True, self_support: bool = False) -> DemoResult:
+    """The whole job: draw on A, segment A in-volume and B cross-patient, score, write the files.
+    ``self_support``: B read twice per slice (the model key; A, in-volume, never is)."""
     from scripts.data.presets import get_preset
     from scripts.engine.inference import save_label
     from scripts.engine.inferer import segment_files
@@ -144,7 +145,7 @@ def run_demo(out_dir=DEFAULT_OUT, sample_dir=DEFAULT_SAMPLE, checkpoint=DEFAULT_
     checkpoint = _bundle_path(checkpoint)
 
     start = time.perf_counter()
-    method = build_segmenter(checkpoint=checkpoint, device=device)
+    method = build_segmenter(checkpoint=checkpoint, device=device, **({"self_support": True} if self_support else {}))
     method.eval()
     load_seconds = time.perf_counter() - start
 
@@ -247,9 +248,11 @@ def main(argv=None) -> DemoResult:
     parser.add_argument("--sample", default=str(DEFAULT_SAMPLE), help="folder with image_/label_ 15 and 39")
     parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="model file (default models/model.pt)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--self_support", action="store_true",
+                        help="read B (cross-patient) twice per slice, its first answer as one more shot")
     args = parser.parse_args(argv)
     print(f"SD-FSMIS demo: {args.checkpoint} on the embedded CHAOS sample ({args.sample})")
-    result = run_demo(args.out, args.sample, args.checkpoint, args.device)
+    result = run_demo(args.out, args.sample, args.checkpoint, args.device, self_support=args.self_support)
     print(f"model loaded in {result.load_seconds:.1f} s")
     print("drawn on sample patient A (CHAOS 15), one slice each: "
           + ", ".join(f"{organ} z={z}" for organ, z in result.drawn_z.items()))

@@ -11,8 +11,8 @@ warmed, on the work queue's background priorities (``lib/work_queue.py``), when:
   viewer loads the image before anyone can draw on it) or saves a label on it.
 
 An image a client opens goes before the start-up batch; a client faster than the warm-up waits at
-most for the one image being encoded (a call never waits behind queued warm-ups: calls go first),
-and a call on an image not warmed yet encodes only the slices it needs. The cache holds the most
+most for the ``chunk`` slices being encoded (a call never waits behind queued warm-ups: calls go
+first), and a call on an image not warmed yet encodes only the slices it needs. The cache holds the most
 recently used images (the segmenter's ``latent_cache_size``); an image warmed and pushed out is
 encoded again by the call. Images of a PACS datastore are not warmed (they open through the PACS).
 """
@@ -32,12 +32,17 @@ logger = logging.getLogger(__name__)
 
 
 MODEL, OPENED, AT_START = 1, 2, 3  # background priorities: an image someone opened before the start-up batch
-CHUNK = 8  # slices encoded between two looks at the queue (about 1.2 s on 2 cores with TAEF2)
+# slices encoded between two looks at the queue (the app's `warm_up_chunk`): a call that comes in waits
+# for at most this many, about 0.3 s on 2 cores with TAEF2 (the former 8, about 1.2 s: bench/bench_server.py
+# runs both); the encoder gains nothing from larger batches
+WARM_UP_CHUNK = 2
 
 
 class Warmup:
-    def __init__(self, work: WorkQueue, model, device: str, slice_axis: int = 2, remember: int = 8):
+    def __init__(self, work: WorkQueue, model, device: str, slice_axis: int = 2, remember: int = 8,
+                 chunk: int = WARM_UP_CHUNK):
         self.work = work
+        self.chunk = chunk
         self.model = model  # lib.served_model.FewShotModel
         self.device = device
         self.slice_axis = slice_axis
@@ -98,14 +103,14 @@ class Warmup:
         depth = volume.image.shape[0]
         with self.model.lock:
             latents = segmenter.latents_of(volume.image)
-        for first in range(0, depth, CHUNK):
+        for first in range(0, depth, self.chunk):
             if self.work.calls_waiting():
                 self.work.submit_background(("rest of", version), self._encode, path, version, priority,
                                             priority=priority)
                 logger.info(f"warm-up: {os.path.basename(path)} paused for a call after {first} slices")
                 return
             with self.model.lock:
-                latents[np.arange(first, min(first + CHUNK, depth))]
+                latents[np.arange(first, min(first + self.chunk, depth))]
         self._done[version] = None
         while len(self._done) > self._remember:
             self._done.popitem(last=False)

@@ -80,6 +80,9 @@ class Job:
     keep_largest_3d: bool | None = None
     # which 3D component: None is the largest (every result before the choice existed), or "support"
     component_3d: str | None = None
+    # evaluation only: each query read twice, the second time with its own first answer as a shot
+    # (issue #43's self-support); None is the single reading (every result before the choice existed)
+    self_support: bool | None = None
     # the draw<k> modes: how the volume is segmented from the drawn slices; None is "propagate"
     volume_mode: str | None = None
     # a network read from this model file (relative to the repository) instead of trained by the job:
@@ -109,6 +112,7 @@ class Job:
         group = "-".join(self.group)
         volume = f"-{self.volume_mode}" if self.volume_mode else ""
         post = "-slicecc" if self.keep_largest_3d is False else f"-{self.component_3d}cc" if self.component_3d else ""
+        post += "-selfsup" if self.self_support else ""
         if self.checkpoint is not None:
             source = Path(self.checkpoint).with_suffix("").as_posix().replace("/", "-")
             return f"{self.method}-file-{source}{post}{volume}_{group}_{self.shots}shot_fold{self.fold}"
@@ -181,6 +185,8 @@ def expand_rows(table: Table, steps: int | None = None) -> list[list[Job]]:
         shots = int(keys.get("shots", 1))
         if keys.get("volume_mode") not in (None, "propagate", "nearest"):
             raise ValueError(f"table {table.name}: volume_mode must be propagate or nearest, got {keys['volume_mode']!r}")
+        if keys.get("self_support") and method not in NETWORK_METHODS:
+            raise ValueError(f"table {table.name}: self_support is a reading of the network, not of '{method}'")
         common = dict(table=table.name, dataset=table.dataset, dataset_dir=table.dataset_dir, n_folds=table.n_folds,
                       method=method, label=keys.get("label", method), shots=shots, seed=table.seed,
                       volume_mode=None if keys.get("volume_mode") in (None, "propagate") else keys["volume_mode"],
@@ -189,7 +195,8 @@ def expand_rows(table: Table, steps: int | None = None) -> list[list[Job]]:
             common.update(checkpoint=str(keys["checkpoint"]), preset=keys.get("preset", "compact"),
                           autoencoder=keys.get("autoencoder", "taef2"),
                           keep_largest_3d=bool(keys.get("keep_largest_3d", True)),
-                          component_3d=_component_rule(keys.get("component_3d")))
+                          component_3d=_component_rule(keys.get("component_3d")),
+                          self_support=True if keys.get("self_support") else None)
         elif method in NETWORK_METHODS:
             common.update(setting=int(keys.get("setting", 1)),
                           exclusion_rule=keys.get("exclusion_rule", "any"),
@@ -203,6 +210,7 @@ def expand_rows(table: Table, steps: int | None = None) -> list[list[Job]]:
                           train_labels=tuple(keys["train_labels"]) if keys.get("train_labels") else None,
                           keep_largest_3d=bool(keys.get("keep_largest_3d", True)),
                           component_3d=_component_rule(keys.get("component_3d")),
+                          self_support=True if keys.get("self_support") else None,
                           extra_datasets=tuple(tuple(entry) for entry in keys["extra_datasets"])
                           if keys.get("extra_datasets") else None,
                           mixture_weights=tuple(float(w) for w in keys["mixture_weights"])
@@ -346,6 +354,8 @@ def evaluate_command(job: Job, ws: Workspace) -> list[str]:
         keys["checkpoint"] = ws.model_path(job)
         keys["keep_largest_3d"] = job.keep_largest_3d
         keys["component_3d"] = job.component_3d or "largest"
+        if job.self_support:
+            keys["self_support"] = True
     if job.checkpoint is not None:  # a file from elsewhere is scored on every fold unless told the job's
         keys["eval_folds"] = [job.fold]
     return [ws.python, "-m", "monai.bundle", "run", "evaluating", "--config_file", EVALUATE_CONFIGS, *_args(keys)]

@@ -143,6 +143,27 @@ TABLES: dict[str, Table] = {t.name: t for t in (
                "training resumes the last checkpoint of the row before it.",),
     ),
     Table(
+        name="chaost2_s1_supervoxel",
+        title="CHAOST2 (Abd-MRI), Setting 1, supervoxel training at 6,000 steps, five folds",
+        dataset="chaost2", dataset_dir="CHAOST2", groups=ABDOMEN_GROUPS, folds=FIVE_FOLDS,
+        # the curve's budget chosen for the folds (issue #43): the draw table's fold models, read the field's way
+        defaults=dict(SUPERVOXEL_RECIPE, steps=6000),
+        rows=(network("SD-FSMIS compact, TAEF2, supervoxels, 6k steps"),
+              # the same weights with the shipped post-processing, then read twice per query: its own
+              # first answer becomes a shot
+              network("supervoxels, 6k steps, support component", component_3d="support"),
+              network("supervoxels, 6k steps, support component, + self-support", component_3d="support",
+                      self_support=True)),
+        notes=("Issue #43's recipe on five folds: supervoxel episodes only (no organ label trains), constant "
+               "learning rate, 6,000 steps; the same fold models as table `chaost2_s1_draw`. Baselines: "
+               "table `chaost2_s1` (they train nothing).",
+               "The `support component` rows read the same weights with `component_3d: support`, the shipped "
+               "model's post-processing (the 3D component on the support's footprint where the largest lies off "
+               "it); the `+ self-support` row reads them twice per query slice: after a first pass, "
+               "the query slice with its own first mask is one more shot (self-support prototypes; "
+               "`scripts/engine/self_support.py`), at twice the network's cost and no more encoding.",),
+    ),
+    Table(
         name="chaost2_s1_draw",
         title="CHAOST2: label k slices, get the volume (in-volume), models that never saw the organ or patient",
         dataset="chaost2", dataset_dir="CHAOST2", groups=ABDOMEN_GROUPS, folds=FIVE_FOLDS,

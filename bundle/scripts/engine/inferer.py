@@ -8,7 +8,9 @@ per-pixel argmax of the scores among labels above threshold, original label valu
 A label of the query volume itself (the in-volume case) is propagated by default: the volume is
 walked out from the drawn slices, each slice served by its segmented neighbour and the drawn slices
 around it, until the organ ends (``propagation.py``). ``mode="nearest"`` serves every slice from
-the nearest drawn slices alone (the mode before propagation existed); across volumes it is the only one.
+the nearest drawn slices alone (the mode before propagation existed); across volumes it is the only one,
+and each query slice is read twice where the model's ``self_support`` says so (off by default): the
+second time with its own first answer as one more shot (``self_support.py``).
 
 ``threshold`` / ``threshold_mode`` set one call's own threshold (None: the method's), handed down to
 the method's ``binarize``: a server answering several users never changes its shared model.
@@ -26,6 +28,7 @@ import torch
 
 from scripts.data.volumes import present_values
 from scripts.engine.propagation import propagate_organs, threshold_keywords
+from scripts.engine.self_support import SelfSupport
 from scripts.network.model_config import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -121,6 +124,8 @@ def segment_volume(method, support_image: np.ndarray, support_label: np.ndarray,
             support_z, support_label.shape[0], query_image.shape[0], max_shots, same_volume
         ))
     latents = _shared_latents(method, support_image, query_image, same_volume, [p[1] for p in plans.values()])
+    if not same_volume and _reads_twice(method):
+        method = SelfSupport(method, threshold=own_threshold)
     result = Segmentation(label=np.zeros(query_image.shape, np.int32), labels=dict(labels))
     for name in names:
         value = labels[name]
@@ -166,6 +171,16 @@ def keep_drawn(merged: np.ndarray, label: np.ndarray, labels: dict[str, int]) ->
     drawn = chosen.reshape(chosen.shape[0], -1).any(axis=1)
     merged[drawn] = np.where(chosen[drawn], label[drawn], 0)
     return merged
+
+
+def _reads_twice(method) -> bool:
+    """Whether a support from another volume is read with self-support (``self_support.py``): the
+    model config's ``self_support``, for a method that reads latents (the bundle's segmenter); a
+    baseline, or a plain network called slice by slice, reads once."""
+    if isinstance(method, SelfSupport) or not hasattr(method, "encode_images_cached"):
+        return False
+    config = getattr(method, "config", None)
+    return isinstance(config, ModelConfig) and bool(config.self_support)
 
 
 def _shared_latents(method, support_image, query_image, same_volume, episode_sets):

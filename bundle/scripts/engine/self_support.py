@@ -8,7 +8,13 @@ ECCV 2022, made the network's own K-shot path here). Other slices keep the first
 network's cost per query slice; no encoding is repeated (the latents are shared by both passes).
 
 ``SelfSupport(method)`` is a method like any other (``predict_scores`` / ``binarize``), so the
-protocol, the seam and the baselines' wrappers treat it alike.
+protocol, the seam and the baselines' wrappers treat it alike. The seam reads a support from another
+volume this way where the model config's ``self_support`` is on. It is off by default: on five
+folds it lifts the four organs across patients under EP1, but on whole volumes, as the app reads
+another patient, the kidneys lose what the liver and spleen gain (table ``chaost2_s1_supervoxel``
+in docs/results.md; the demo's patient B loses on every organ). In-volume propagation never reads
+twice: it loses there (``bench/propagation_reading_probe.py``). A call's own threshold
+(``threshold=``) also decides the first answer.
 """
 
 from __future__ import annotations
@@ -18,16 +24,17 @@ import torch
 
 
 class SelfSupport:
-    def __init__(self, method, min_area: int = 20):
+    def __init__(self, method, min_area: int = 20, threshold: dict | None = None):
         self.method = method
         self.min_area = min_area  # pixels: a smaller first answer is not worth a shot
+        self.own_threshold = dict(threshold or {})  # a call's own threshold keywords, for the first answer too
         self.name = f"{getattr(method, 'name', 'method')}+self-support"
 
     def __getattr__(self, name):  # threshold, config, latent cache ... of the wrapped method
         return getattr(self.method, name)
 
-    def binarize(self, scores, support_masks=None):
-        return self.method.binarize(scores, support_masks=support_masks)
+    def binarize(self, scores, support_masks=None, **threshold):
+        return self.method.binarize(scores, support_masks=support_masks, **threshold)
 
     def predict_scores(self, support_images, support_masks, query_images, query_episode, query_latents=None,
                        support_latents=None):
@@ -44,7 +51,7 @@ class SelfSupport:
         first = self.method.predict_scores(support_images, support_masks, query_images, query_episode,
                                            query_latents=query_latents,
                                            support_latents=support_latents.reshape(-1, *query_latents.shape[1:]))
-        masks = np.asarray(self.method.binarize(first, support_masks=support_masks)).astype(bool)
+        masks = np.asarray(self.method.binarize(first, support_masks=support_masks, **self.own_threshold)).astype(bool)
         own = np.flatnonzero(masks.reshape(len(masks), -1).sum(axis=1) >= self.min_area)
         if own.size == 0:
             return first

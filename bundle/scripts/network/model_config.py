@@ -55,6 +55,8 @@ class ModelConfig:
     component_3d: str = _key("support", POST)            # which one: largest, or on the support's footprint
     z_sigma: float = _key(1.0, POST)                     # slices: propagated scores smoothed along z (0: not)
     max_shots: int = _key(3, RUNTIME)                    # labelled slices per query slice, nearest first
+    self_support: bool = _key(False, RUNTIME)            # another volume's support: each query slice read
+                                                         # again with its own first mask as one more shot
 
     def __post_init__(self):
         if self.preset not in PRESET_PARTS:

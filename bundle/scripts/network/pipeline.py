@@ -170,14 +170,16 @@ class FewShotSegmenter(nn.Module):
             query_latents = self.encode_images_cached(np.asarray(query_images, dtype=np.float32))
         query_episode = torch.as_tensor(np.asarray(query_episode), dtype=torch.long, device=self.device)
         was_training = self.training
-        self.eval()
+        if was_training:  # eval() walks every module: a few ms a call, paid only where it changes something
+            self.eval()
         memory = self.net.support_pass(support_latent, self.encode_masks(support_mask), support_mask, shots, support_image)
         scores = []
         for start in range(0, query_latents.shape[0], self.query_chunk):  # bounded memory, one support pass
             part = slice(start, start + self.query_chunk)
             velocity = self.net.query_pass(memory, query_latents[part], query_episode[part])
             scores.append(self.decode_scores(velocity, query_latents[part])[:, 0])
-        self.train(was_training)
+        if was_training:
+            self.train()
         return torch.cat(scores).float().cpu().numpy()
 
     def binarize(self, scores: np.ndarray, support_masks: np.ndarray | None = None, threshold: float | None = None,

@@ -20,6 +20,10 @@
     --conf component_3d largest|support  which 3D component: the largest always, or the one on the
                                      labelled slices' footprint where the largest lies off it
                                      (default: the checkpoint's own)
+    --conf self_support true|false   a support from another image (support_image): read each slice
+                                     again with its own first answer as one more shot (default false:
+                                     docs/results.md; 2x the network's time, no more encoding; never
+                                     in-volume)
     --conf <any other model key>     scripts/network/model_config.py (e.g. use_qe false): overrides the
                                      checkpoint's
     --conf labels <preset|json>      names of label values: a dataset preset (phantom, chaost2, ...)
@@ -44,6 +48,8 @@
                                      before anyone asks: images added, opened or labelled (lib/warmup.py)
     --conf warm_images 4             and that many of the datastore's images at start (the most
                                      recently changed)
+    --conf warm_up_chunk 2           slices the warm-up encodes between two looks for a call: what a
+                                     call that comes in may wait for (about 0.15 s a slice on 2 cores)
     --conf threads 0                 torch's CPU threads (0: one per core the process may use)
 """
 
@@ -69,6 +75,7 @@ from lib.prediction_record import PredictionRecord
 from lib.responses import DEFAULT_MAX_VOXELS
 from lib.served_model import FewShotModel, ServedModel
 from lib.trainers.fewshot import FewShotTrain
+from lib.warmup import WARM_UP_CHUNK
 from scripts.engine.inferer import VOLUME_MODES
 
 logger = logging.getLogger(__name__)
@@ -138,6 +145,9 @@ class FewShot(TaskConfig):
         self.queue_size = int(conf.get("queue_size", 32))
         self.warm_up = strtobool(conf.get("warm_up", "true"))
         self.warm_images = int(conf.get("warm_images", 4))
+        self.warm_up_chunk = int(conf.get("warm_up_chunk", WARM_UP_CHUNK))
+        if self.warm_up_chunk < 1:
+            raise ValueError(f"--conf warm_up_chunk must be 1 or more slices, got {self.warm_up_chunk}")
         self.threads = int(conf.get("threads", 0))
         self._model: FewShotModel | None = None
         logger.info(f"few-shot task '{name}': checkpoint {self.path} "
