@@ -28,15 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fold_probe import fold_probe_inputs  # bench/, the script's own folder
+from fold_probe import ORGANS, dice, drawn_organs, fold_probe_inputs  # bench/, the script's own folder
 from result_file import publish
 
-ORGANS = {1: "liver", 2: "right_kidney", 3: "left_kidney", 4: "spleen"}
 KS = (1, 3)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 200.0 * (a & b).sum() / max(a.sum() + b.sum(), 1)
 
 
 @contextlib.contextmanager
@@ -82,7 +77,6 @@ def variants(method):
 def score(method, volumes) -> tuple[dict, dict]:
     """{(variant, organ, k): [Dice per patient]}, {variant: seconds}."""
     from scripts.engine.propagation import clear_memo, propagate_organ
-    from scripts.protocol.matching import drawn_slices
 
     out: dict = {}
     seconds: dict = {}
@@ -91,15 +85,9 @@ def score(method, volumes) -> tuple[dict, dict]:
         for name, (reader, keywords, context) in variants(method).items():
             start = time.perf_counter()
             with context():
-                for value, organ in ORGANS.items():
-                    truth = volume.label == value
-                    if not truth.any():
-                        continue
-                    for k in KS:
-                        zs = [int(z) for z in drawn_slices(volume.label, value, k)]
-                        _, masks = propagate_organ(reader, volume.image, {z: truth[z] for z in zs}, 3, latents,
-                                                   **keywords)
-                        out.setdefault((name, organ, k), []).append(dice(masks, truth))
+                for value, truth, k, zs in drawn_organs(volume, KS):
+                    _, masks = propagate_organ(reader, volume.image, {z: truth[z] for z in zs}, 3, latents, **keywords)
+                    out.setdefault((name, ORGANS[value], k), []).append(dice(masks, truth))
             clear_memo()
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
             print(f"patient {volume.pid} {name}: " + ", ".join(

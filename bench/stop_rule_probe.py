@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fold_probe import fold_probe_inputs  # bench/, the script's own folder
+from fold_probe import ORGANS, drawn_organs, fold_probe_inputs  # bench/, the script's own folder
 from result_file import publish
 
 
@@ -35,23 +35,17 @@ def record_walks(method, volumes, ks, values):
     """Per (patient, organ, k): the ground truth and, per side outside the drawn range, the walk's
     slices in order with the features a stop rule reads."""
     from scripts.engine.propagation import StopRule, propagate_organ
-    from scripts.protocol.matching import drawn_slices
 
     keep_going = StopRule(min_area=1, min_area_ratio=0.0, min_iou=0.0, min_score_ratio=0.0)
     walks = []
     for volume in volumes:
         latents = method.encode_images_cached(volume.image)
-        for value in values:
-            truth = volume.label == value
-            if not truth.any():
-                continue
-            for k in ks:
-                zs = [int(z) for z in drawn_slices(volume.label, value, k)]
-                scores, masks = propagate_organ(method, volume.image, {z: truth[z] for z in zs}, 3, latents,
-                                                keep_going)
-                min_area = max(StopRule.min_area, StopRule.min_area_ratio * truth[zs].sum(axis=(1, 2)).mean())
-                walks.append(dict(k=k, truth=truth, masks=masks, sides=_sides(scores, masks, zs, min_area)))
-                print(f"patient {volume.pid} label {value} k={k}: walked", flush=True)
+        for value, truth, k, zs in drawn_organs(volume, ks, values):
+            scores, masks = propagate_organ(method, volume.image, {z: truth[z] for z in zs}, 3, latents,
+                                            keep_going)
+            min_area = max(StopRule.min_area, StopRule.min_area_ratio * truth[zs].sum(axis=(1, 2)).mean())
+            walks.append(dict(k=k, truth=truth, masks=masks, sides=_sides(scores, masks, zs, min_area)))
+            print(f"patient {volume.pid} label {value} k={k}: walked", flush=True)
     return walks
 
 
@@ -116,7 +110,7 @@ def main(argv=None) -> str:
     from scripts.engine.propagation import StopRule, clear_memo
 
     args, method, training, test = fold_probe_inputs(__doc__.split("\n")[0], argv)
-    ks, values = (1, 3), (1, 2, 3, 4)
+    ks, values = (1, 3), tuple(ORGANS)
     walks = record_walks(method, training, ks, values)
     clear_memo()
     chosen = (StopRule().min_iou, StopRule().min_score_ratio)

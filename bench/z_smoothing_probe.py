@@ -19,38 +19,28 @@ from pathlib import Path
 
 import numpy as np
 
-from fold_probe import fold_probe_inputs  # bench/, the script's own folder
+from fold_probe import ORGANS, dice, drawn_organs, fold_probe_inputs  # bench/, the script's own folder
 from result_file import publish
 
 SIGMAS = (0.0, 0.5, 0.7, 1.0, 1.5)
-ORGANS = {1: "liver", 2: "right_kidney", 3: "left_kidney", 4: "spleen"}
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 200.0 * (a & b).sum() / max(a.sum() + b.sum(), 1)
 
 
 def score_walks(method, volumes, ks, sigmas) -> dict:
     """{(organ, k, sigma): [Dice per patient]} from one unsmoothed walk per (patient, organ, k)."""
     from scripts.engine.propagation import clear_memo, propagate_organ, smooth_along_z
-    from scripts.protocol.matching import drawn_slices
 
     method.z_sigma = 0.0  # walked unsmoothed, then each sigma applied to the recorded walk
     out: dict = {}
     for volume in volumes:
         latents = method.encode_images_cached(volume.image)
-        for value, organ in ORGANS.items():
-            truth = volume.label == value
-            if not truth.any():
-                continue
-            for k in ks:
-                zs = np.array(drawn_slices(volume.label, value, k), dtype=int)
-                scores, masks = propagate_organ(method, volume.image, {int(z): truth[z] for z in zs}, 3, latents)
-                for sigma in sigmas:
-                    _, smoothed = smooth_along_z(method, scores, masks, zs, sigma)
-                    out.setdefault((organ, k, sigma), []).append(dice(smoothed, truth))
-                print(f"patient {volume.pid} {organ} k={k}: " + ", ".join(
-                    f"sigma {s}: {out[(organ, k, s)][-1]:.1f}" for s in sigmas), flush=True)
+        for value, truth, k, zs in drawn_organs(volume, ks):
+            organ = ORGANS[value]
+            scores, masks = propagate_organ(method, volume.image, {z: truth[z] for z in zs}, 3, latents)
+            for sigma in sigmas:
+                _, smoothed = smooth_along_z(method, scores, masks, np.array(zs, dtype=int), sigma)
+                out.setdefault((organ, k, sigma), []).append(dice(smoothed, truth))
+            print(f"patient {volume.pid} {organ} k={k}: " + ", ".join(
+                f"sigma {s}: {out[(organ, k, s)][-1]:.1f}" for s in sigmas), flush=True)
         clear_memo()
         method.latent_cache.clear()
     return out
