@@ -190,13 +190,13 @@ def expand_rows(table: Table, steps: int | None = None) -> list[list[Job]]:
         common = dict(table=table.name, dataset=table.dataset, dataset_dir=table.dataset_dir, n_folds=table.n_folds,
                       method=method, label=keys.get("label", method), shots=shots, seed=table.seed,
                       volume_mode=None if keys.get("volume_mode") in (None, "propagate") else keys["volume_mode"],
+                      self_support=True if keys.get("self_support") else None,  # checked above: networks only
                       modes=tuple(table.modes), overrides=tuple(sorted(table.overrides.items())))
         if method in NETWORK_METHODS and keys.get("checkpoint"):  # a fixed model file: nothing to train
             common.update(checkpoint=str(keys["checkpoint"]), preset=keys.get("preset", "compact"),
                           autoencoder=keys.get("autoencoder", "taef2"),
                           keep_largest_3d=bool(keys.get("keep_largest_3d", True)),
-                          component_3d=_component_rule(keys.get("component_3d")),
-                          self_support=True if keys.get("self_support") else None)
+                          component_3d=_component_rule(keys.get("component_3d")))
         elif method in NETWORK_METHODS:
             common.update(setting=int(keys.get("setting", 1)),
                           exclusion_rule=keys.get("exclusion_rule", "any"),
@@ -210,7 +210,6 @@ def expand_rows(table: Table, steps: int | None = None) -> list[list[Job]]:
                           train_labels=tuple(keys["train_labels"]) if keys.get("train_labels") else None,
                           keep_largest_3d=bool(keys.get("keep_largest_3d", True)),
                           component_3d=_component_rule(keys.get("component_3d")),
-                          self_support=True if keys.get("self_support") else None,
                           extra_datasets=tuple(tuple(entry) for entry in keys["extra_datasets"])
                           if keys.get("extra_datasets") else None,
                           mixture_weights=tuple(float(w) for w in keys["mixture_weights"])
