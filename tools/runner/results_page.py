@@ -445,7 +445,7 @@ def eval_metrics(tables: dict) -> dict:
                       f"{tables[t]['n_folds']}" for t, f in folds_of.items())
     note = ("the recipe of models/model.pt (compact + TAEF2, CHAOST2 supervoxel episodes only, constant learning rate, "
             "final EMA weights) cross-validated on CHAOST2 (each fold's model: 16 training patients, 6,000 steps; the "
-            "shipped file: 18 patients), tested on the fold's 4 patients, whose organs and images it never saw: 'label "
+            "shipped file: 18 patients, 8,000 steps), tested on the fold's 4 patients, whose organs and images it never saw: 'label "
             "k slices, get the volume' (whole-volume Dice, four organs, volume_mode propagate, beside Slicer's contour "
             "interpolation) and 1-shot EP1, read once (the default) and with self-support (`self_support: true`) "
             f"({where}); written by `python -m tools.runner results-page`")
